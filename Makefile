@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup corpus demo test slurm-up slurm-down clean
+
+# The CPU build of torch 2.13.0 lies on this machine's disk; installing it first keeps pip
+# from resolving `torch>=2.6` to a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+# Idempotent: a second run reads the manifest and returns at once.
+corpus: setup
+	$(BIN)/scaling data prepare
+
+demo: corpus
+	$(BIN)/scaling sizes
+
+# The SLURM tests need the single-node cluster; the script installs and starts it where it can
+# (root and apt). Without it the SLURM tests skip, except with CI=true where they fail.
+slurm-up:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  bash scripts/slurm-start.sh || echo "slurm-up: could not start the cluster (see above)"; \
+	else echo "slurm-up: not root or no apt: SLURM tests will skip"; fi
+
+slurm-down:
+	bash scripts/slurm-stop.sh
+
+test: corpus slurm-up
+	source /tmp/mm1-slurm/env.sh 2>/dev/null; $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,1 @@
+"""Learning-rate scaling for MM1-style multimodal pre-training: sweep, fit, launch."""
