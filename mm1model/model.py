@@ -1,0 +1,581 @@
+"""The MM1 architecture in PyTorch, in the order of the paper's Figure 3.
+
+image -> ViT (CLIP-style, patch features without CLS) -> [sub-image decomposition for high
+resolution] -> vision-language connector (C-Abstractor, average pooling or attention pooling)
+-> image tokens spliced into the IMAGE_ID placeholders of the text -> decoder-only LM
+(RMSNorm pre-norm, RoPE from position ids, SwiGLU, SDPA attention masked causally within each
+packed document) -> logits, cross-entropy on text labels and an optional z-loss.
+
+References:
+- MM1: McKinzie et al. 2024, "MM1: Methods, Analysis & Insights from Multimodal LLM
+  Pre-training" (../shared/MM1-paper-notes.txt).
+- CLIP ViT: Radford et al. 2021 (openai/CLIP model.py: class token, ln_pre, pre-norm blocks).
+- C-Abstractor: Cha et al. 2024, "Honeybee" (kakaobrain/honeybee projectors.py, built from timm's
+  RegNet Bottleneck/RegStage with LayerNorm2d and SiLU).
+- LM: the LLaMA recipe (Touvron et al. 2023): RMSNorm, RoPE (Su et al. 2021), SwiGLU
+  (Shazeer 2020); z-loss as in PaLM (Chowdhery et al. 2022).
+
+This file is single-device code. FSDP, activation checkpointing and compile are applied from
+outside to ``model.lm.blocks`` and ``model.vit.blocks`` (see ``mm1model/parallelize.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm1model.config import ConfigError
+from mm1model.tokens import IGNORE_INDEX, IMAGE_ID
+
+CONNECTOR_KINDS = ("c_abstractor", "avg_pool", "attention_pool")
+
+
+def _positive(where: str, **values: int) -> None:
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{where}.{key} must be a positive integer, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ViTConfig:
+    """A CLIP-style ViT. ``image_size`` (pixels) is the resolution its position embeddings were
+    learned at; other resolutions interpolate them bicubically. With ``sub_images`` an image of
+    side S is encoded as one downscaled overview plus 4 tiles, each of side S/2."""
+
+    image_size: int = 336
+    patch_size: int = 14
+    width: int = 1024
+    n_layers: int = 24
+    n_heads: int = 16
+    mlp_dim: int = 4096
+    sub_images: bool = False
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _positive("vit", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
+                  n_layers=self.n_layers, n_heads=self.n_heads, mlp_dim=self.mlp_dim)
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"vit.patch_size {self.patch_size} must divide vit.image_size {self.image_size}")
+        if self.width % self.n_heads:
+            raise ConfigError(f"vit.n_heads {self.n_heads} must divide vit.width {self.width}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side at the native resolution."""
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class ConnectorConfig:
+    """The vision-language connector. ``image_tokens`` (a perfect square) tokens per (sub-)image.
+
+    ``hidden`` and ``depth`` (RegNet bottleneck blocks per stage) apply to the C-Abstractor only;
+    ``n_heads`` to attention pooling only (it must divide the ViT width)."""
+
+    kind: str = "c_abstractor"
+    image_tokens: int = 144
+    hidden: int = 1024
+    depth: int = 3
+    n_heads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONNECTOR_KINDS:
+            raise ConfigError(f"unknown connector kind '{self.kind}'; valid kinds: {', '.join(CONNECTOR_KINDS)}")
+        _positive("connector", image_tokens=self.image_tokens, hidden=self.hidden, n_heads=self.n_heads)
+        side = math.isqrt(self.image_tokens)
+        if side * side != self.image_tokens:
+            raise ConfigError("connector.image_tokens must be a perfect square (64, 144, ...), "
+                              f"got {self.image_tokens}")
+        if not isinstance(self.depth, int) or self.depth < 0:
+            raise ConfigError(f"connector.depth must be an integer >= 0, got {self.depth!r}")
+
+    @property
+    def side(self) -> int:
+        """Image tokens per side of the connector's output grid."""
+        return math.isqrt(self.image_tokens)
+
+
+@dataclass
+class LMConfig:
+    """The decoder-only language model. ``n_kv_heads`` None means multi-head attention;
+    fewer heads than ``n_heads`` is grouped-query attention. ``z_loss`` is the coefficient of
+    mean(logsumexp(logits)^2) added to the loss (0 disables it)."""
+
+    d_model: int = 2048
+    n_layers: int = 24
+    n_heads: int = 16
+    ffn_dim: int = 5632
+    vocab_size: int = 32000
+    n_kv_heads: int | None = None
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    z_loss: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _positive("lm", d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+                  ffn_dim=self.ffn_dim, vocab_size=self.vocab_size)
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"lm.n_heads {self.n_heads} must divide lm.d_model {self.d_model}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"lm head dim {self.d_model // self.n_heads} must be even for rotary embeddings")
+        if self.n_kv_heads is not None:
+            _positive("lm", n_kv_heads=self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads:
+                raise ConfigError(f"lm.n_kv_heads {self.n_kv_heads} must divide lm.n_heads {self.n_heads}")
+        if self.vocab_size <= IMAGE_ID:
+            raise ConfigError(f"lm.vocab_size {self.vocab_size} must include the special tokens")
+        if self.z_loss < 0:
+            raise ConfigError(f"lm.z_loss must be >= 0, got {self.z_loss}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+
+@dataclass
+class MM1Config:
+    """One MM1 model: the LM, the image encoder and the connector between them.
+
+    ``name`` is the size name (e.g. ``"85M"``, N = the LM's non-embedding parameters);
+    ``source`` says where the shape comes from."""
+
+    name: str = "custom"
+    lm: LMConfig = field(default_factory=LMConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.connector.kind == "attention_pool" and self.vit.width % self.connector.n_heads:
+            raise ConfigError(f"connector.n_heads {self.connector.n_heads} must divide vit.width {self.vit.width}")
+
+    @property
+    def tokens_per_image(self) -> int:
+        """IMAGE_ID placeholders one image takes in the text: ``image_tokens``, or 5x that
+        (overview + 4 tiles) with sub-image decomposition."""
+        return self.connector.image_tokens * (5 if self.vit.sub_images else 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image encoder: CLIP-style ViT
+# ----------------------------------------------------------------------------------------------
+def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize grid position embeddings (1, h*w, C) of a square grid to ``grid`` (h', w') with
+    bicubic interpolation, as CLIP/MM1 do to run a ViT at a new resolution. Returns (1, h'*w', C)."""
+    n, c = pos.shape[1], pos.shape[2]
+    side = math.isqrt(n)
+    x = pos.reshape(1, side, side, c).permute(0, 3, 1, 2)  # (1, C, h, w)
+    x = F.interpolate(x.float(), size=grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    return x.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], c)  # (1, h'*w', C)
+
+
+class ViTBlock(nn.Module):
+    """CLIP residual attention block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.fc = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.out = nn.Linear(cfg.mlp_dim, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape  # (B, P+1, C)
+        qkv = self.qkv(self.ln_1(x)).view(b, n, 3, self.n_heads, c // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, P+1, hd)
+        y = F.scaled_dot_product_attention(q, k, v)  # image patches attend both ways
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class ViT(nn.Module):
+    """CLIP image encoder. ``forward(pixels (B, 3, H, W))`` -> patch features (B, P, C) of the last
+    block, without the class token and without ln_post (CLIP applies ln_post to the class token
+    only; Honeybee/MM1 read the last hidden state's patch tokens)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.width))  # class slot first
+        self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.n_layers))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = self.cfg.patch_size
+        h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, P, C)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, C)
+        x = torch.cat([cls, x], dim=1)  # (B, 1+P, C)
+        pos = torch.cat([self.pos_embed[:, :1], interpolate_pos_embed(self.pos_embed[:, 1:], (h, w))], dim=1)
+        x = self.ln_pre(x + pos)
+        for block in self.blocks:
+            x = block(x)
+        return x[:, 1:]  # (B, P, C)
+
+
+def decompose(image: torch.Tensor) -> torch.Tensor:
+    """MM1's sub-image decomposition: (3, S, S) -> (5, 3, S/2, S/2), in the fixed order
+    overview (the whole image downscaled bicubically), then the tiles row-major
+    (top-left, top-right, bottom-left, bottom-right)."""
+    _, height, width = image.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"sub-image decomposition needs even image sides, got {height}x{width}")
+    h, w = height // 2, width // 2
+    overview = F.interpolate(image[None], size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    tiles = [image[:, i * h:(i + 1) * h, j * w:(j + 1) * w] for i in range(2) for j in range(2)]
+    return torch.cat([overview, torch.stack(tiles)])  # (5, 3, S/2, S/2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision-language connectors: (B, P, C_vit) on an (h, w) patch grid -> (B, image_tokens, d_lm)
+# ----------------------------------------------------------------------------------------------
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map (timm's LayerNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Bottleneck(nn.Module):
+    """timm's RegNet bottleneck as Honeybee configures it: bottleneck ratio 1, depthwise 3x3
+    (group size 1), squeeze-excite 0.25 of the block's input channels, SiLU, LayerNorm2d,
+    convolutions without bias, a 1x1 conv + norm shortcut when channels change, SiLU after the add."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        se = int(round(c_in * 0.25))
+        self.conv1 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.norm1 = LayerNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, groups=c_out, bias=False)
+        self.norm2 = LayerNorm2d(c_out)
+        self.se_reduce = nn.Conv2d(c_out, se, 1)
+        self.se_expand = nn.Conv2d(se, c_out, 1)
+        self.conv3 = nn.Conv2d(c_out, c_out, 1, bias=False)
+        self.norm3 = LayerNorm2d(c_out)
+        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), LayerNorm2d(c_out))
+                         if c_in != c_out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, h, w)
+        y = F.silu(self.norm1(self.conv1(x)))
+        y = F.silu(self.norm2(self.conv2(y)))
+        gate = self.se_expand(F.silu(self.se_reduce(y.mean((2, 3), keepdim=True))))  # (B, C, 1, 1)
+        y = self.norm3(self.conv3(y * gate.sigmoid()))
+        return F.silu(y + self.shortcut(x))  # (B, C_out, h, w)
+
+
+class CAbstractor(nn.Module):
+    """Honeybee's C-Abstractor: + learned positions -> stage s1 (``depth`` bottlenecks) ->
+    adaptive average pool to side x side -> stage s2 -> readout Linear -> SiLU -> Linear.
+    With depth 0 it is pool + readout MLP."""
+
+    def __init__(self, cfg: ConnectorConfig, vit: ViTConfig, d_lm: int):
+        super().__init__()
+        self.side = cfg.side
+        self.pos_embed = nn.Parameter(torch.zeros(1, vit.grid**2, vit.width))
+        c = cfg.hidden if cfg.depth else vit.width
+        self.s1 = nn.Sequential(*(Bottleneck(vit.width if i == 0 else c, c) for i in range(cfg.depth)))
+        self.s2 = nn.Sequential(*(Bottleneck(c, c) for _ in range(cfg.depth)))
+        self.readout = nn.Sequential(nn.Linear(c, d_lm), nn.SiLU(), nn.Linear(d_lm, d_lm))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, _, c = x.shape  # (B, P, C_vit)
+        x = x + interpolate_pos_embed(self.pos_embed, grid)
+        x = x.transpose(1, 2).reshape(b, c, *grid)  # (B, C_vit, h, w)
+        x = self.s2(F.adaptive_avg_pool2d(self.s1(x), self.side))  # (B, hidden, side, side)
+        return self.readout(x.flatten(2).transpose(1, 2))  # (B, side*side, d_lm)
+
+
+class AvgPool(nn.Module):
+    """MM1's average pooling connector: n x n average pooling of the patch grid, then a linear map."""
+
+    def __init__(self, cfg: ConnectorConfig, vit: ViTConfig, d_lm: int):
+        super().__init__()
+        self.side = cfg.side
+        self.proj = nn.Linear(vit.width, d_lm)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, _, c = x.shape  # (B, P, C_vit)
+        x = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(b, c, *grid), self.side)  # (B, C, side, side)
+        return self.proj(x.flatten(2).transpose(1, 2))  # (B, side*side, d_lm)
+
+
+class AttentionPool(nn.Module):
+    """MM1's attention pooling connector: k learnable queries cross-attend to the patch
+    features, then a linear map into the LM's embedding space."""
+
+    def __init__(self, cfg: ConnectorConfig, vit: ViTConfig, d_lm: int):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.queries = nn.Parameter(torch.zeros(cfg.image_tokens, vit.width))
+        self.norm = nn.LayerNorm(vit.width)
+        self.q = nn.Linear(vit.width, vit.width)
+        self.k = nn.Linear(vit.width, vit.width)
+        self.v = nn.Linear(vit.width, vit.width)
+        self.o = nn.Linear(vit.width, vit.width)
+        self.proj = nn.Linear(vit.width, d_lm)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, p, c = x.shape  # (B, P, C_vit)
+        heads = lambda t: t.view(b, -1, self.n_heads, c // self.n_heads).transpose(1, 2)  # noqa: E731
+        x = self.norm(x)
+        q = heads(self.q(self.queries).expand(b, -1, -1))  # (B, H, k, hd)
+        y = F.scaled_dot_product_attention(q, heads(self.k(x)), heads(self.v(x)))  # (B, H, k, hd)
+        return self.proj(self.o(y.transpose(1, 2).reshape(b, -1, c)))  # (B, k, d_lm)
+
+
+CONNECTORS = {"c_abstractor": CAbstractor, "avg_pool": AvgPool, "attention_pool": AttentionPool}
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoder-only LM
+# ----------------------------------------------------------------------------------------------
+def doc_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean SDPA mask (B, 1, T, T), True = may attend: causal and within the same document,
+    so packed examples never see each other (MM1 found this critical for image-text pairs)."""
+    t = doc_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same_doc & causal)[:, None]  # (B, 1, T, T)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary angles for each position id: cos and sin, each (B, 1, T, head_dim), float32."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    angles = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, hd) by the angles (rotate-half layout, as in LLaMA/HF)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape  # (B, T, C)
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.wv(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        gqa = self.kv_heads != self.n_heads
+        if mask is None:  # one document per row: the fused causal path
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask)
+        return x + self.feed_forward(self.ffn_norm(x))  # (B, T, C)
+
+
+class LM(nn.Module):
+    """Decoder-only transformer. ``embed`` maps ids to (B, T, C); ``forward`` maps embeddings
+    to logits (B, T, V) so that image tokens can be spliced in between."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.tok_embeddings(input_ids)  # (B, T, C)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = None if doc_ids is None else doc_attention_mask(doc_ids)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        return self.output(self.norm(x))  # (B, T, V)
+
+
+# ----------------------------------------------------------------------------------------------
+# MM1
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class MM1Output:
+    """``logits`` (B, T, V); ``loss`` = ``ce_loss`` + ``z_loss`` (scalars, None without labels).
+    ``ce_loss`` is the mean cross-entropy (nats) over labels != IGNORE_INDEX."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+
+
+class MM1(nn.Module):
+    """The multimodal LM: images -> ViT -> connector -> tokens that replace the IMAGE_ID
+    placeholders of ``input_ids`` in order -> LM -> logits and loss.
+
+    ``forward(input_ids (B, T) long, images, labels, doc_ids, position_ids)``:
+    ``images`` is a list of normalized (3, H, W) float tensors, one per run of
+    ``config.tokens_per_image`` placeholders, in row-major (b, t) order; resolutions may differ.
+    ``labels`` (B, T) are already shifted (the label at t is token t+1), IGNORE_INDEX where no
+    loss is taken. ``doc_ids`` (B, T) restrict attention to the same document; ``position_ids``
+    (B, T) restart at 0 per document. None means one document with positions 0..T-1.
+    """
+
+    def __init__(self, config: MM1Config):
+        super().__init__()
+        self.config = config
+        self.vit = ViT(config.vit)
+        self.connector = CONNECTORS[config.connector.kind](config.connector, config.vit, config.lm.d_model)
+        self.lm = LM(config.lm)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialize every parameter from the current torch seed. The constructor calls it;
+        call it again after building on the meta device and ``to_empty``.
+
+        Linear, embedding and position weights N(0, init_std); the LM's residual output
+        projections N(0, init_std / sqrt(2 n_layers)) (GPT-2); norms to identity; convolutions
+        Kaiming normal (fan_out), as timm's RegNet."""
+        if self.config.lm.tie_embeddings:  # `to_empty` after a meta build unties shared parameters
+            self.lm.output.weight = self.lm.tok_embeddings.weight
+        std = self.config.lm.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        for name, param in self.named_parameters():
+            if name.endswith(("pos_embed", "class_embedding", "queries")):
+                nn.init.normal_(param, std=std)
+        residual_std = std / math.sqrt(2 * self.config.lm.n_layers)
+        for block in self.lm.blocks:
+            nn.init.normal_(block.attention.wo.weight, std=residual_std)
+            nn.init.normal_(block.feed_forward.w2.weight, std=residual_std)
+
+    def image_features(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Encode images (each (3, H, W)) -> (n_images * tokens_per_image, d_model), in order.
+
+        Images of equal resolution run through the ViT as one batch."""
+        if self.config.vit.sub_images:
+            crops = [c for image in images for c in decompose(image)]
+        else:
+            crops = list(images)
+        p = self.config.vit.patch_size
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, crop in enumerate(crops):
+            if crop.ndim != 3 or crop.shape[0] != 3 or crop.shape[1] % p or crop.shape[2] % p:
+                raise ValueError(f"image {i}: expected (3, H, W) with H and W multiples of {p}, "
+                                 f"got {tuple(crop.shape)}")
+            groups.setdefault(tuple(crop.shape[1:]), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(crops)
+        dtype = self.vit.patch_embed.weight.dtype
+        for (h, w), idx in groups.items():
+            features = self.vit(torch.stack([crops[i] for i in idx]).to(dtype))  # (n, P, C_vit)
+            tokens = self.connector(features, (h // p, w // p))  # (n, image_tokens, d_model)
+            for j, i in enumerate(idx):
+                out[i] = tokens[j]
+        return torch.cat(out)  # (n_crops * image_tokens, d_model)
+
+    def forward(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None,
+                labels: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> MM1Output:
+        b, t = input_ids.shape
+        x = self.lm.embed(input_ids)  # (B, T, C)
+        placeholders = input_ids == IMAGE_ID  # (B, T)
+        images = [] if images is None else list(images)
+        n_slots = int(placeholders.sum())
+        if n_slots != len(images) * self.config.tokens_per_image:
+            raise ValueError(f"{n_slots} image placeholders for {len(images)} images of "
+                             f"{self.config.tokens_per_image} tokens each")
+        if images:
+            tokens = self.image_features(images).to(x.dtype)  # (n_images * tokens_per_image, C)
+            x = x.masked_scatter(placeholders[..., None], tokens)  # row-major order = placeholder order
+        else:
+            # A text-only batch still runs the image path on one blank image at zero weight, so
+            # every forward uses every parameter: FSDP2 ranks stay in step and DDP sees no unused
+            # parameters, whatever mix of sources a micro-batch draws.
+            side = self.config.vit.image_size * (2 if self.config.vit.sub_images else 1)
+            blank = x.new_zeros(3, side, side)
+            x = x + 0.0 * self.image_features([blank]).sum()
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
+        logits = self.lm(x, position_ids, doc_ids)  # (B, T, V)
+        if labels is None:
+            return MM1Output(logits=logits)
+        return MM1Output(logits, *lm_loss(logits, labels, self.config.lm.z_loss))
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor,
+            z_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, ce, z): mean cross-entropy over labels != IGNORE_INDEX (nats, float32) plus
+    ``z_coef`` * mean logsumexp(logits)^2 over the same positions. With no labelled position
+    both terms are 0 (kept in the graph so backward still runs)."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
+    target = labels.reshape(-1)
+    keep = target != IGNORE_INDEX
+    count = keep.sum().clamp(min=1)
+    ce = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum") / count
+    if z_coef:
+        lse = torch.logsumexp(flat, dim=-1)  # (B*T,)
+        z = z_coef * (lse.square() * keep).sum() / count
+    else:
+        z = flat.new_zeros(())
+    return ce + z, ce, z

@@ -1,0 +1,117 @@
+"""The size table: every MM1 model this toolkit knows, small to large, in one place.
+
+A size's name is its N, the language model's non-embedding parameter count (attention, MLP
+and norm weights; not the token embedding or output head), and lands within 5% of it
+(``tests/test_sizes.py`` checks every entry). Code never parses a count out of a name: use
+:func:`mm1model.counting.param_counts`.
+
+The MM1 paper gives the LR-sweep sizes (9M, 85M, 302M, 1.2B) and the final sizes (3B, 7B, 30B)
+but not their shapes, so each entry borrows the shape of a public model of that size and says
+which. The paper's vocabulary is not stated either: the paper sizes use 32000, the LLaMA /
+Mistral SentencePiece vocabulary (a documented default; on the bundled corpus only the first
+``CORPUS_VOCAB_SIZE`` rows are ever used). The CPU sizes use the bundled corpus's vocabulary.
+"""
+from __future__ import annotations
+
+from mm1model.config import ConfigError
+from mm1model.counting import param_counts
+from mm1model.model import ConnectorConfig, LMConfig, MM1Config, ViTConfig
+from mm1model.tokens import CORPUS_VOCAB_SIZE
+
+PAPER_VOCAB_SIZE = 32000  # LLaMA / Mistral tokenizer; MM1 does not publish its vocabulary
+
+# Image encoders (MM1 Sec. 3: ViT-L/14 at 336 px for the ablations, ViT-H/14 at 378 px for
+# the final models; widths, depths and heads from CLIP / OpenCLIP).
+VIT_L14_336 = ViTConfig(image_size=336, patch_size=14, width=1024, n_layers=24, n_heads=16, mlp_dim=4096)
+VIT_H14_378 = ViTConfig(image_size=378, patch_size=14, width=1280, n_layers=32, n_heads=16, mlp_dim=5120)
+# A tiny ViT for the CPU sizes: 32 px images in 8 px patches give a 4 x 4 grid, and two layers
+# of width 64 keep an image's cost far below its 16 tokens' share of the LM.
+VIT_TINY = ViTConfig(image_size=32, patch_size=8, width=64, n_layers=2, n_heads=4, mlp_dim=256)
+
+# MM1's connector: C-Abstractor with 144 image tokens; hidden width 1024 and 3 blocks per
+# stage are Honeybee's defaults.
+C_ABSTRACTOR_144 = ConnectorConfig(kind="c_abstractor", image_tokens=144, hidden=1024, depth=3)
+# CPU sizes: 16 tokens (4 x 4) so a 128-256 token sequence holds several images; one block per
+# stage keeps the step fast on one thread.
+C_ABSTRACTOR_16 = ConnectorConfig(kind="c_abstractor", image_tokens=16, hidden=64, depth=1)
+
+
+def _cpu(name: str, d_model: int, n_layers: int, n_heads: int, ffn_dim: int, source: str) -> MM1Config:
+    lm = LMConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim,
+                  vocab_size=CORPUS_VOCAB_SIZE, tie_embeddings=True)
+    return MM1Config(name=name, lm=lm, vit=VIT_TINY, connector=C_ABSTRACTOR_16, source=source)
+
+
+def _paper(name: str, vit: ViTConfig, source: str, **lm: float) -> MM1Config:
+    return MM1Config(name=name, lm=LMConfig(vocab_size=PAPER_VOCAB_SIZE, tie_embeddings=False, **lm),
+                     vit=vit, connector=C_ABSTRACTOR_144, source=source)
+
+
+_CPU_FFN = ("nanoGPT-style small width and depth; SwiGLU ffn near 8/3-4 x d_model, chosen as a "
+            "multiple of 8 that lands N on the name; tied embeddings as in GPT-2")
+
+SIZES: dict[str, MM1Config] = {
+    # CPU sizes (train on one 2-core machine in seconds to minutes; N spans 31x).
+    # N = 97,600: d 64, 2 layers, 4 heads of 16, ffn 168.
+    "100K": _cpu("100K", 64, 2, 4, 168, _CPU_FFN),
+    # N = 304,800: d 96, 3 layers, 4 heads of 24, ffn 224.
+    "300K": _cpu("300K", 96, 3, 4, 224, _CPU_FFN),
+    # N = 1,004,928: d 128, 5 layers, 4 heads of 32, ffn 352.
+    "1M": _cpu("1M", 128, 5, 4, 352, _CPU_FFN),
+    # N = 3,099,072: d 192, 6 layers, 6 heads of 32, ffn 640.
+    "3M": _cpu("3M", 192, 6, 6, 640, _CPU_FFN),
+    # MM1's LR-sweep sizes (Sec. 5.1: grid search at 9M, 85M, 302M, 1.2B), ViT-L/14 @ 336.
+    # N = 9,050,368: d 256, 12 layers (GPT-style depth at width 256), 4 heads of 64, ffn 2.5 x d.
+    "9M": _paper("9M", VIT_L14_336, "MM1 sweep size; width 256 x 12 layers, ffn 640 to land N at 9M",
+                 d_model=256, n_layers=12, n_heads=4, ffn_dim=640),
+    # N = 84,953,856: GPT-2 small / BERT-base trunk (d 768, 12 layers, 12 heads), SwiGLU ffn 2048.
+    "85M": _paper("85M", VIT_L14_336, "MM1 sweep size; GPT-2-small trunk 768 x 12, SwiGLU ffn 2048",
+                  d_model=768, n_layers=12, n_heads=12, ffn_dim=2048),
+    # N = 308,331,520: GPT-2 medium trunk (d 1024, 24 layers, 16 heads), SwiGLU ffn 2816 (TinyLlama's 2.75 x d).
+    "302M": _paper("302M", VIT_L14_336, "MM1 sweep size; GPT-2-medium trunk 1024 x 24, SwiGLU ffn 2816",
+                   d_model=1024, n_layers=24, n_heads=16, ffn_dim=2816),
+    # N = 1,233,225,728: TinyLlama-1.1B (d 2048, 32 heads, ffn 5632) with 24 layers instead of
+    # 22 and full multi-head attention instead of 4 KV heads.
+    "1.2B": _paper("1.2B", VIT_L14_336, "MM1 sweep size / ablation LM; TinyLlama-1.1B shape, 24 layers, MHA",
+                   d_model=2048, n_layers=24, n_heads=32, ffn_dim=5632),
+    # MM1's final sizes (configs only), ViT-H/14 @ 378.
+    # N = 2,944,564,224: Llama-3.2-3B width (d 3072, 24 heads, ffn 8192) with 26 layers and MHA.
+    "3B": _paper("3B", VIT_H14_378, "MM1-3B; Llama-3.2-3B width/ffn, 26 layers, MHA",
+                 d_model=3072, n_layers=26, n_heads=24, ffn_dim=8192),
+    # N = 6,979,588,096: Mistral-7B exactly (d 4096, 32 layers, 32 heads, 8 KV heads, ffn 14336).
+    "7B": _paper("7B", VIT_H14_378, "MM1-7B; Mistral-7B shape (GQA 8 KV heads)",
+                 d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336),
+    # N = 29,962,762,752: LLaMA-30B width (d 6656, 52 heads, ffn 17920) with 56 layers instead of 60.
+    # The paper adds a z-loss of scale 1e-4 for MM1-30B.
+    "30B": _paper("30B", VIT_H14_378, "MM1-30B; LLaMA-30B width/ffn, 56 layers; z-loss 1e-4", d_model=6656,
+                  n_layers=56, n_heads=52, ffn_dim=17920, z_loss=1e-4),
+}
+
+
+def size_names() -> list[str]:
+    """The size names, small to large."""
+    return list(SIZES)
+
+
+def get_size(name: str) -> MM1Config:
+    """The config of size ``name``; an unknown name raises ConfigError listing the valid ones."""
+    if name not in SIZES:
+        raise ConfigError(f"unknown size '{name}'; valid sizes: {', '.join(SIZES)}")
+    return SIZES[name]
+
+
+def size_table(names: list[str] | None = None) -> list[dict]:
+    """One JSON-ready row per size (all sizes by default, in table order): the parameter counts
+    of :func:`mm1model.counting.param_counts` and the shape. ``image_tokens`` is the LM
+    positions one image takes (``MM1Config.tokens_per_image``)."""
+    rows = []
+    for name in names or size_names():
+        cfg = get_size(name)
+        row = {"name": name, **vars(param_counts(cfg))}
+        row.update(d_model=cfg.lm.d_model, n_layers=cfg.lm.n_layers, n_heads=cfg.lm.n_heads,
+                   n_kv_heads=cfg.lm.kv_heads, ffn_dim=cfg.lm.ffn_dim, vocab_size=cfg.lm.vocab_size,
+                   tie_embeddings=cfg.lm.tie_embeddings, image_tokens=cfg.tokens_per_image,
+                   image_size=cfg.vit.image_size, patch_size=cfg.vit.patch_size, vit_width=cfg.vit.width,
+                   vit_layers=cfg.vit.n_layers, connector=cfg.connector.kind, source=cfg.source)
+        rows.append(row)
+    return rows

@@ -1,0 +1,42 @@
+"""`scaling sizes`: the size table, as text or JSON."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from mm1model.sizes import size_table
+from scaling.cli import main
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`mm1model.sizes.size_table` as an aligned text table."""
+    header = ("size", "N", "LM total", "vision", "connector", "total", "d_model", "layers", "heads",
+              "img tokens", "image")
+    lines = [header]
+    for r in rows:
+        lines.append((r["name"], _human(r["params"]), _human(r["params_lm_total"]), _human(r["params_vision"]),
+                      _human(r["params_connector"]), _human(r["params_total"]), str(r["d_model"]),
+                      str(r["n_layers"]), str(r["n_heads"]), str(r["image_tokens"]),
+                      f"{r['image_size']}px/{r['patch_size']}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    note = "N = LM non-embedding parameters; image: ViT resolution / patch; `--json` adds each shape's source."
+    return "\n".join(text + ["", note])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per size.")
+@click.option("--size", "sizes", multiple=True, metavar="NAME", help="Only these sizes (repeatable).")
+def sizes(as_json: bool, sizes: tuple[str, ...]) -> None:
+    """The model sizes: parameter counts per component and shapes."""
+    rows = size_table(list(sizes) or None)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
