@@ -28,3 +28,4 @@ def main() -> None:
 # Subcommands register themselves on `main` when their module is imported.
 from scaling.cli import sizes  # noqa: E402,F401
 from scaling.cli import fit  # noqa: E402,F401
+from scaling.cli import data  # noqa: E402,F401

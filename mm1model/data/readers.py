@@ -1,0 +1,260 @@
+"""Readers for the three formats real users bring, with bad records skipped and counted.
+
+* image-caption pairs: webdataset tar shards, ``KEY.jpg``/``KEY.png``/... next to ``KEY.txt``
+  (the key is the member name up to the first dot of its basename, as in webdataset);
+* interleaved documents: OBELICS-style records with parallel ``texts`` / ``images`` lists where
+  exactly one of the two is set at each position, in JSONL or Parquet; an image is a path
+  (relative to the file), raw bytes, or a ``{"bytes": ..., "path": ...}`` dict;
+* text-only: JSONL with a ``text`` field, or plain ``.txt`` files (one document per file).
+
+Each reader first *indexes* its files (tar headers, Parquet row numbers, JSONL byte offsets; no
+payload is decoded) into :class:`RecordRef` s, then *loads* one record on demand. The index lets
+the stream shuffle per epoch, shard across ranks and workers by position, and resume from a
+position without replaying the data. A bad record never raises: the reader returns ``None`` and
+adds one to ``skipped[reason]``. Reasons: ``truncated_tar``, ``missing_pair``, ``empty_caption``,
+``corrupt_image``, ``texts_images_mismatch``, ``bad_json``, ``empty_text``, ``empty_document``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from mm1model.data.images import decode
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordRef:
+    """Where one record lives: ``key`` is stable across runs (split hashing uses it)."""
+
+    key: str
+    path: str
+    where: Any  # format-specific: tar {ext: (offset, size)}, Parquet row, JSONL byte offset
+
+
+@dataclasses.dataclass
+class Document:
+    """One example: text strings and decoded RGB images, in reading order."""
+
+    key: str
+    parts: list[str | Image.Image]
+
+
+class CaptionShards:
+    """Image-caption pairs in webdataset tar shards; each pair loads as ``[image, caption]``.
+
+    ``image_side``: images are decoded at no less than this many pixels a side (see
+    :func:`~mm1model.data.images.decode`); None decodes at full size.
+    """
+
+    def __init__(self, paths: list[Path], image_side: int | None = None):
+        self.paths = sorted(str(p) for p in paths)
+        self.image_side = image_side
+
+    def index(self, skipped: Counter) -> list[RecordRef]:
+        refs = []
+        for path in self.paths:
+            groups: dict[str, dict[str, tuple[int, int]]] = {}
+            size = os.path.getsize(path)
+            truncated = False
+            try:
+                with tarfile.open(path, "r:") as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        if member.offset_data + member.size > size:
+                            truncated = True
+                            break
+                        base = os.path.basename(member.name)
+                        stem, _, ext = base.partition(".")
+                        key = os.path.join(os.path.dirname(member.name), stem)
+                        groups.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+                    else:
+                        # tarfile takes a header cut short for the end of the archive; a whole
+                        # shard ends with two zero blocks, so their absence means a cut.
+                        truncated = not _has_end_marker(tar.fileobj, tar.offset, size)
+            except (tarfile.TarError, EOFError, OSError):
+                truncated = True
+            if truncated:
+                # Keep the pairs read before the cut; the pair the cut went through is part of
+                # this one skip, not a missing pair of its own.
+                skipped["truncated_tar"] += 1
+                if groups:
+                    groups.popitem()
+            for key, members in groups.items():
+                if "txt" not in members or not any(e in members for e in IMAGE_EXTENSIONS):
+                    skipped["missing_pair"] += 1
+                    continue
+                refs.append(RecordRef(key, path, members))
+        return refs
+
+    def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
+        with open(ref.path, "rb") as handle:
+            def read(ext: str) -> bytes:
+                offset, size = ref.where[ext]
+                handle.seek(offset)
+                return handle.read(size)
+
+            caption = read("txt").decode("utf-8", errors="replace").strip()
+            if not caption:
+                skipped["empty_caption"] += 1
+                return None
+            image_ext = next(e for e in IMAGE_EXTENSIONS if e in ref.where)
+            try:
+                image = decode(read(image_ext), self.image_side)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                skipped["corrupt_image"] += 1
+                return None
+        return Document(ref.key, [image, caption])
+
+
+class InterleavedDocs:
+    """OBELICS-style documents in ``.jsonl`` or ``.parquet`` files (``image_side``: as above)."""
+
+    def __init__(self, paths: list[Path], image_side: int | None = None):
+        self.paths = sorted(str(p) for p in paths)
+        self.image_side = image_side
+        self._tables: dict[str, Any] = {}
+
+    def index(self, skipped: Counter) -> list[RecordRef]:
+        refs = []
+        for path in self.paths:
+            if path.endswith(".parquet"):
+                table = self._table(path)
+                keys = table.column("id").to_pylist() if "id" in table.column_names else None
+                for row in range(table.num_rows):
+                    refs.append(RecordRef(str(keys[row]) if keys else f"{Path(path).name}:{row}",
+                                          path, row))
+            else:
+                refs.extend(_jsonl_refs(path, skipped))
+        return refs
+
+    def _table(self, path: str):
+        if path not in self._tables:
+            import pyarrow.parquet as pq
+
+            self._tables[path] = pq.read_table(path, columns=None, memory_map=True)
+        return self._tables[path]
+
+    def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
+        if ref.path.endswith(".parquet"):
+            table = self._table(ref.path)
+            record = {name: table.column(name)[ref.where].as_py() for name in ("texts", "images")
+                      if name in table.column_names}
+        else:
+            record = _jsonl_record(ref, skipped)
+            if record is None:
+                return None
+        texts, images = record.get("texts"), record.get("images")
+        if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
+            skipped["texts_images_mismatch"] += 1
+            return None
+        parts: list[str | Image.Image] = []
+        for text, image in zip(texts, images):
+            if (text is None) == (image is None):  # both or neither set at one position
+                skipped["texts_images_mismatch"] += 1
+                return None
+            if text is not None:
+                if text.strip():
+                    parts.append(text)
+                continue
+            try:
+                parts.append(decode(_image_bytes(image, Path(ref.path).parent), self.image_side))
+            except (OSError, ValueError, TypeError, Image.DecompressionBombError):
+                # One bad picture does not void the document's text: drop the picture only.
+                skipped["corrupt_image"] += 1
+        if not any(isinstance(p, str) for p in parts):
+            skipped["empty_document"] += 1
+            return None
+        return Document(ref.key, parts)
+
+
+class TextDocs:
+    """Text-only documents: JSONL with a ``text`` field, or plain ``.txt`` files."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = sorted(str(p) for p in paths)
+
+    def index(self, skipped: Counter) -> list[RecordRef]:
+        refs = []
+        for path in self.paths:
+            if path.endswith(".jsonl"):
+                refs.extend(_jsonl_refs(path, skipped))
+            else:
+                refs.append(RecordRef(Path(path).name, path, None))
+        return refs
+
+    def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
+        if ref.where is None:
+            text = Path(ref.path).read_text(encoding="utf-8", errors="replace")
+        else:
+            record = _jsonl_record(ref, skipped)
+            if record is None:
+                return None
+            text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            skipped["empty_text"] += 1
+            return None
+        return Document(ref.key, [text])
+
+
+def _has_end_marker(handle, offset: int, size: int) -> bool:
+    if offset + 2 * tarfile.BLOCKSIZE > size:
+        return False
+    handle.seek(offset)
+    return handle.read(2 * tarfile.BLOCKSIZE) == bytes(2 * tarfile.BLOCKSIZE)
+
+
+def _jsonl_refs(path: str, skipped: Counter) -> list[RecordRef]:
+    """One ref per non-blank line; the key is the record's ``id`` when the line has one."""
+    refs = []
+    name = Path(path).name
+    with open(path, "rb") as handle:
+        offset, line_no = 0, 0
+        for line in handle:
+            if line.strip():
+                key = f"{name}:{line_no}"
+                # Cheap key lookup without a full parse: the writers here put "id" first.
+                if line.startswith(b'{"id": '):
+                    try:
+                        key = str(json.loads(line)["id"])
+                    except (ValueError, KeyError):
+                        pass
+                refs.append(RecordRef(key, path, offset))
+            offset += len(line)
+            line_no += 1
+    return refs
+
+
+def _jsonl_record(ref: RecordRef, skipped: Counter) -> dict | None:
+    with open(ref.path, "rb") as handle:
+        handle.seek(ref.where)
+        line = handle.readline()
+    try:
+        record = json.loads(line)
+    except ValueError:
+        skipped["bad_json"] += 1
+        return None
+    if not isinstance(record, dict):
+        skipped["bad_json"] += 1
+        return None
+    return record
+
+
+def _image_bytes(image: Any, base: Path) -> bytes:
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, str):
+        path = Path(image) if os.path.isabs(image) else base / image
+        return path.read_bytes()
+    raise TypeError(f"image entry of type {type(image).__name__}")

@@ -1,0 +1,362 @@
+"""The training stream: mixture sampling + packing over the three sources of a corpus.
+
+:class:`PackedStream` yields packed sequences (see :mod:`mm1model.data.packing` for the packing
+rules) and is exactly resumable: its state is the sequence counter plus, per source, the epoch,
+the position in that epoch's order and the token offset into a partly packed document.
+
+Sharding: each source's records of the split are shuffled once per epoch with a permutation
+seeded by (seed, source, epoch); stream ``s`` of ``n`` (``s = rank * num_workers + worker``)
+takes positions ``s, s + n, s + 2n, ...`` of that order, so the streams of one epoch together
+see every record exactly once.
+
+Train/validation split: a record is held out when a hash of its key falls in the first 5% of the
+hash range, so the split depends on the corpus only (never on seed, rank or LR).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mm1model.config import ConfigError, to_dict
+from mm1model.data.corpus import default_corpus_dir, read_manifest
+from mm1model.data.mixture import SOURCES, MixtureConfig, MixtureSampler
+from mm1model.data.packing import SequenceBuilder, TokenizedDoc, cut, tokenize_document
+from mm1model.data.readers import CaptionShards, InterleavedDocs, RecordRef, TextDocs
+from mm1model.data.tokenizer import load_tokenizer
+
+Batch = dict  # input_ids, labels, doc_ids, position_ids (B, T) long; images list; source (B,)
+
+VAL_FRACTION = 0.05
+VAL_SEED = 0  # the validation stream ignores the training seed: same set for every run
+DEFAULT_IMAGE_TOKENS = 144  # MM1's connector output per image
+DEFAULT_IMAGE_SIZE = 32  # the CPU sizes' ViT input; the trainer sets it from the model
+
+
+class _DocumentCache:
+    """Loaded documents of this process, least recently used out: (tokenized document or None
+    for a bad record, the skip reasons its loading counted).
+
+    Decoding and resizing images is most of the stream's time, and a sweep on the small corpus
+    revisits every record each epoch. Shared by all streams of a process (data lanes, the
+    validation stream); an entry is identical to what a reload would give, so the stream's
+    output and its resumption do not depend on what is cached. Consumers must not modify the
+    image tensors in place.
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes, self.bytes = limit_bytes, 0
+        self.entries: OrderedDict[tuple, tuple[TokenizedDoc | None, Counter]] = OrderedDict()
+
+    @staticmethod
+    def size(entry: tuple[TokenizedDoc | None, Counter]) -> int:
+        doc = entry[0]
+        if doc is None:
+            return 64
+        return doc.ids.nbytes + sum(i.numel() * i.element_size() for i in doc.images)
+
+    def get(self, key: tuple) -> tuple[TokenizedDoc | None, Counter] | None:
+        doc = self.entries.get(key)
+        if doc is not None:
+            self.entries.move_to_end(key)
+        return doc
+
+    def put(self, key: tuple, entry: tuple[TokenizedDoc | None, Counter]) -> None:
+        if key in self.entries:
+            return
+        self.entries[key] = entry
+        self.bytes += self.size(entry)
+        while self.bytes > self.limit_bytes and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= self.size(old)
+
+
+# 512 MB holds every document of the bundled corpus at the CPU sizes' 32 px (about 100 MB).
+_DOC_CACHE = _DocumentCache(limit_bytes=512 * 2**20)
+
+
+def clear_document_cache() -> None:
+    """Drop every cached document of this process (frees memory; tests use it to force reloads)."""
+    _DOC_CACHE.entries.clear()
+    _DOC_CACHE.bytes = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to train on and how to pack it.
+
+    ``corpus``: a prepared corpus directory (None = :func:`default_corpus_dir`). ``seq_len``:
+    tokens per packed sequence. ``max_images``: images per sequence at most (MM1: 16).
+    ``image_tokens``: placeholders per image (None = 144, MM1's). ``image_size``: ViT input side
+    in pixels (None = 32). The trainer fills the last two from the model so they always agree.
+    ``mixture``: source weights per sequence. ``seed``: order of records and of sources.
+    """
+
+    corpus: str | None = None
+    seq_len: int = 4096
+    max_images: int = 16
+    image_tokens: int | None = None
+    image_size: int | None = None
+    mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise ConfigError(f"DataConfig.seq_len must be an integer >= 2, got {self.seq_len!r}")
+        if not isinstance(self.max_images, int) or self.max_images < 0:
+            raise ConfigError(f"DataConfig.max_images must be >= 0, got {self.max_images!r}")
+        if self.image_tokens is not None and (not isinstance(self.image_tokens, int)
+                                              or self.image_tokens < 1):
+            raise ConfigError(f"DataConfig.image_tokens must be >= 1, got {self.image_tokens!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int)
+                                            or self.image_size < 4):
+            raise ConfigError(f"DataConfig.image_size must be >= 4 pixels, got {self.image_size!r}")
+        if isinstance(self.mixture, dict):  # built directly from a JSON dict
+            object.__setattr__(self, "mixture", MixtureConfig(**self.mixture))
+
+    @property
+    def corpus_dir(self) -> Path:
+        return Path(self.corpus) if self.corpus else default_corpus_dir()
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.image_tokens if self.image_tokens is not None else DEFAULT_IMAGE_TOKENS
+
+    @property
+    def image_side(self) -> int:
+        return self.image_size if self.image_size is not None else DEFAULT_IMAGE_SIZE
+
+
+def split_of(key: str) -> str:
+    """``"val"`` for the held-out 5% of record keys, else ``"train"`` (stable across machines)."""
+    digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+    return "val" if digest < VAL_FRACTION * 2**64 else "train"
+
+
+def open_sources(corpus_dir: Path, image_side: int | None = None) -> dict[str, Any]:
+    """The reader of each source kind over the files of a corpus directory."""
+    return {
+        "caption": CaptionShards(sorted((corpus_dir / "caption").glob("*.tar")), image_side),
+        "interleaved": InterleavedDocs(sorted((corpus_dir / "interleaved").glob("*.parquet"))
+                                       + sorted((corpus_dir / "interleaved").glob("*.jsonl")),
+                                       image_side),
+        "text": TextDocs(sorted((corpus_dir / "text").glob("*.jsonl"))
+                         + sorted((corpus_dir / "text").glob("*.txt"))),
+    }
+
+
+class PackedStream:
+    """An endless, resumable iterator of packed sequences from the 45/45/10 mixture.
+
+    ``next(stream)`` gives one sequence (tensors of shape (T,), ``source`` a 0-d tensor);
+    :meth:`next_batch` gives a :data:`Batch` of ``n``. Different ``(rank, worker)`` pairs read
+    disjoint records. ``skipped`` counts bad records by reason, each record once per stream
+    (however many epochs meet it); ``counters`` accumulate tokens, images, padding and
+    sequences per source since construction (or the loaded state).
+    """
+
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1,
+                 split: str = "train", worker: int = 0, num_workers: int = 1):
+        if split not in ("train", "val"):
+            raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+        if not 0 <= rank < world_size or not 0 <= worker < num_workers:
+            raise ConfigError(f"bad shard: rank {rank} of {world_size}, worker {worker} of "
+                              f"{num_workers}")
+        self.config, self.split = config, split
+        corpus_dir = config.corpus_dir
+        if read_manifest(corpus_dir) is None:
+            raise ConfigError(f"corpus {corpus_dir} is not prepared: run `scaling data prepare"
+                              f"{'' if config.corpus is None else ' --out ' + str(corpus_dir)}`")
+        self.tokenizer = load_tokenizer(corpus_dir)
+        self.readers = open_sources(corpus_dir, config.image_side)
+        self.shard, self.num_shards = rank * num_workers + worker, world_size * num_workers
+        self.weights = config.mixture.probabilities()
+        self.skipped: Counter = Counter()
+        self.refs: dict[str, list[RecordRef]] = {}
+        for kind in SOURCES:
+            refs = [r for r in self.readers[kind].index(self.skipped) if split_of(r.key) == split]
+            if self.weights[SOURCES.index(kind)] > 0 and len(refs) < self.num_shards:
+                raise ConfigError(f"source {kind} has {len(refs)} records in split {split} of "
+                                  f"{corpus_dir}, fewer than the {self.num_shards} streams")
+            self.refs[kind] = refs
+        # A rebuilt corpus file (new mtime or size) never hits documents cached from the old one.
+        self._stamps = {path: (os.stat(path).st_mtime_ns, os.stat(path).st_size)
+                        for reader in self.readers.values() for path in reader.paths}
+        self.sampler = MixtureSampler(config.mixture, config.seed, self.shard)
+        self.sequence = 0
+        self.cursor = {kind: {"epoch": 0, "pos": 0, "offset": 0} for kind in SOURCES}
+        self._orders: dict[tuple[str, int], np.ndarray] = {}
+        self._docs: dict[str, tuple[tuple[int, int], TokenizedDoc]] = {}
+        self._counted: set[tuple[str, int]] = set()
+        self.counters = self._zero_counters()
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """JSON-ready state: restoring it makes the stream continue exactly where it was."""
+        return {"sequence": self.sequence, "cursor": {k: dict(v) for k, v in self.cursor.items()},
+                "skipped": dict(self.skipped), "counters": _plain(self.counters),
+                "shard": [self.shard, self.num_shards], "split": self.split,
+                "config": to_dict(self.config)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["shard"] != [self.shard, self.num_shards] or state["split"] != self.split:
+            raise ConfigError(f"stream state is for shard {state['shard']} split {state['split']},"
+                              f" not {[self.shard, self.num_shards]} {self.split}")
+        self.sequence = int(state["sequence"])
+        self.cursor = {k: {f: int(x) for f, x in v.items()} for k, v in state["cursor"].items()}
+        self.skipped = Counter(state["skipped"])
+        self._counted.clear()  # a bad record met again after a resume is counted again, once
+        self.counters = self._zero_counters()
+        for kind, values in state.get("counters", {}).items():
+            for name, value in values.items():
+                self.counters[kind][name] = (np.asarray(value, dtype=np.int64)
+                                             if name == "images_per_sequence" else int(value))
+        self._docs.clear()
+
+    # --------------------------------------------------------------------------- iteration
+    def __iter__(self) -> "PackedStream":
+        return self
+
+    def __next__(self) -> dict:
+        kind = SOURCES[self.sampler.source(self.sequence)]
+        self.sequence += 1
+        builder = SequenceBuilder(self.config.seq_len)
+        max_images = self.config.max_images
+        while builder.space > 0:
+            doc = self._current(kind)
+            offset = self.cursor[kind]["offset"]
+            end, blocked = cut(doc, offset, builder.space, max_images - len(builder.images))
+            finished = end == len(doc.ids)
+            if doc.atomic and not finished and builder.length > 0:
+                break  # a pair that does not fit waits for the next sequence whole
+            if end == offset:
+                if builder.length > 0:
+                    break  # the next image waits for the next sequence
+                self._drop_image(kind, doc, offset)  # it cannot fit even in an empty sequence
+                continue
+            builder.add(doc, offset, end)
+            if finished or doc.atomic:  # an over-long pair is truncated, its rest dropped
+                self._advance(kind)
+            else:
+                self.cursor[kind]["offset"] = end
+            if blocked:
+                break
+        packed = builder.finish()
+        counters = self.counters[kind]
+        counters["sequences"] += 1
+        counters["tokens"] += self.config.seq_len - packed["padding"]
+        counters["padding"] += packed["padding"]
+        counters["images"] += len(packed["images"])
+        counters["images_per_sequence"][len(packed["images"])] += 1
+        return {"input_ids": torch.from_numpy(packed["input_ids"]),
+                "labels": torch.from_numpy(packed["labels"]),
+                "doc_ids": torch.from_numpy(packed["doc_ids"]),
+                "position_ids": torch.from_numpy(packed["position_ids"]),
+                "images": packed["images"],
+                "source": torch.tensor(SOURCES.index(kind))}
+
+    def next_batch(self, n: int) -> Batch:
+        """The next ``n`` sequences stacked: (n, T) tensors, images in row-major order."""
+        rows = [next(self) for _ in range(n)]
+        batch = {name: torch.stack([r[name] for r in rows])
+                 for name in ("input_ids", "labels", "doc_ids", "position_ids", "source")}
+        batch["images"] = [image for r in rows for image in r["images"]]
+        return batch
+
+    # ---------------------------------------------------------------------------- helpers
+    def _order(self, kind: str, epoch: int) -> np.ndarray:
+        """This stream's record indices for one epoch of one source."""
+        key = (kind, epoch)
+        if key not in self._orders:
+            source_id = SOURCES.index(kind)
+            perm = np.random.default_rng([self.config.seed, source_id, epoch]).permutation(
+                len(self.refs[kind]))
+            self._orders = {k: v for k, v in self._orders.items() if k[0] != kind}
+            self._orders[key] = perm[self.shard::self.num_shards]
+        return self._orders[key]
+
+    def _advance(self, kind: str) -> None:
+        cursor = self.cursor[kind]
+        cursor["pos"] += 1
+        cursor["offset"] = 0
+        if cursor["pos"] >= len(self._order(kind, cursor["epoch"])):
+            cursor["epoch"] += 1
+            cursor["pos"] = 0
+
+    def _current(self, kind: str) -> TokenizedDoc:
+        """The document under this source's cursor (loaded once, kept while it is consumed)."""
+        misses = 0
+        while True:
+            cursor = self.cursor[kind]
+            where = (cursor["epoch"], cursor["pos"])
+            cached = self._docs.get(kind)
+            if cached is not None and cached[0] == where:
+                return cached[1]
+            index = int(self._order(kind, where[0])[where[1]])
+            ref = self.refs[kind][index]
+            cache_key = (kind, ref.path, self._stamps[ref.path], ref.key,
+                         self.config.tokens_per_image, self.config.image_side)
+            entry = _DOC_CACHE.get(cache_key)
+            if entry is None:
+                reasons: Counter = Counter()
+                doc = self.readers[kind].load(ref, reasons)
+                tokenized = None if doc is None else tokenize_document(
+                    doc, self.tokenizer, self.config.tokens_per_image, self.config.image_side,
+                    atomic=kind == "caption")
+                entry = (tokenized, reasons)
+                _DOC_CACHE.put(cache_key, entry)
+            tokenized, reasons = entry
+            if (kind, index) not in self._counted:  # each bad record counts once per stream
+                self._counted.add((kind, index))
+                self.skipped.update(reasons)
+            if tokenized is not None:
+                self._docs[kind] = (where, tokenized)
+                return tokenized
+            misses += 1
+            if misses > len(self.refs[kind]):
+                raise ConfigError(f"every {kind} record of split {self.split} is bad "
+                                  f"(skipped: {dict(self.skipped)})")
+            self._advance(kind)
+
+    def _drop_image(self, kind: str, doc: TokenizedDoc, offset: int) -> None:
+        self.skipped["image_does_not_fit"] += 1
+        if doc.atomic:
+            self._advance(kind)
+            return
+        stop = next(e for s, e in doc.spans if s == offset)
+        if stop == len(doc.ids):
+            self._advance(kind)
+        else:
+            self.cursor[kind]["offset"] = stop
+
+    def _zero_counters(self) -> dict:
+        return {kind: {"sequences": 0, "tokens": 0, "padding": 0, "images": 0,
+                       "images_per_sequence": np.zeros(self.config.max_images + 1, np.int64)}
+                for kind in SOURCES}
+
+
+def _plain(counters: dict) -> dict:
+    return {k: {n: (v.tolist() if isinstance(v, np.ndarray) else v) for n, v in c.items()}
+            for k, c in counters.items()}
+
+
+def validation_batches(config: DataConfig, n_sequences: int, batch_size: int) -> list[Batch]:
+    """The fixed held-out set: ``n_sequences`` packed from the val split, in batches.
+
+    The training seed is ignored (a fixed seed is used), so every run of a sweep, whatever its LR
+    or seed, is scored on identical batches; the last batch may be smaller.
+    """
+    if n_sequences < 1 or batch_size < 1:
+        raise ConfigError(f"validation needs n_sequences >= 1 and batch_size >= 1, got "
+                          f"{n_sequences} and {batch_size}")
+    stream = PackedStream(dataclasses.replace(config, seed=VAL_SEED), split="val")
+    sizes = [batch_size] * (n_sequences // batch_size)
+    if n_sequences % batch_size:
+        sizes.append(n_sequences % batch_size)
+    return [stream.next_batch(size) for size in sizes]
