@@ -20,6 +20,7 @@ outside to ``model.lm.blocks`` and ``model.vit.blocks`` (see ``mm1model/parallel
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -105,7 +106,12 @@ class ConnectorConfig:
 class LMConfig:
     """The decoder-only language model. ``n_kv_heads`` None means multi-head attention;
     fewer heads than ``n_heads`` is grouped-query attention. ``z_loss`` is the coefficient of
-    mean(logsumexp(logits)^2) added to the loss (0 disables it)."""
+    mean(logsumexp(logits)^2) added to the loss (0 disables it).
+
+    Forward multipliers (all neutral by default, i.e. standard parametrization; muP and
+    CompleteP set them, see :mod:`mm1model.parametrization`): ``attn_scale`` multiplies q.k
+    (None = 1/sqrt(head_dim)); ``readout_mult`` multiplies the final normed hidden state before
+    the output head; ``residual_mult`` multiplies every residual branch, x + r F(x)."""
 
     d_model: int = 2048
     n_layers: int = 24
@@ -118,6 +124,9 @@ class LMConfig:
     z_loss: float = 0.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    attn_scale: float | None = None
+    readout_mult: float = 1.0
+    residual_mult: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("lm", d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -134,6 +143,10 @@ class LMConfig:
             raise ConfigError(f"lm.vocab_size {self.vocab_size} must include the special tokens")
         if self.z_loss < 0:
             raise ConfigError(f"lm.z_loss must be >= 0, got {self.z_loss}")
+        for key in ("attn_scale", "readout_mult", "residual_mult"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ConfigError(f"lm.{key} must be a positive number, got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -149,17 +162,41 @@ class MM1Config:
     """One MM1 model: the LM, the image encoder and the connector between them.
 
     ``name`` is the size name (e.g. ``"85M"``, N = the LM's non-embedding parameters);
-    ``source`` says where the shape comes from."""
+    ``source`` says where the shape comes from.
+
+    ``parametrization``: ``sp`` (standard), ``mup`` (width transfer) or ``completep`` (width and
+    depth transfer), relative to the size named ``base_size`` (required for mup / completep,
+    ignored by sp); ``alpha`` is CompleteP's depth exponent (1 = CompleteP, 0.5 = Depth-muP).
+    For mup / completep the LM's forward multipliers (``lm.attn_scale``, ``lm.readout_mult``,
+    ``lm.residual_mult``) are set here from the rule, so every way of building a config (a size,
+    a JSON round-trip, overrides) gives the same model; setting one of them to another value
+    is an error. Init and optimizer rules: :mod:`mm1model.parametrization`."""
 
     name: str = "custom"
     lm: LMConfig = field(default_factory=LMConfig)
     vit: ViTConfig = field(default_factory=ViTConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     source: str = ""
+    parametrization: str = "sp"
+    base_size: str | None = None
+    alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if self.connector.kind == "attention_pool" and self.vit.width % self.connector.n_heads:
             raise ConfigError(f"connector.n_heads {self.connector.n_heads} must divide vit.width {self.vit.width}")
+        if self.parametrization != "sp":
+            # The rules need the size table, which imports this module: import on use.
+            from mm1model.parametrization import forward_multipliers
+
+            rule = forward_multipliers(self)
+            defaults = LMConfig.__dataclass_fields__
+            for key, value in rule.items():
+                current = getattr(self.lm, key)
+                if current != defaults[key].default and not math.isclose(current, value, rel_tol=1e-12):
+                    raise ConfigError(f"lm.{key}={current} conflicts with parametrization "
+                                      f"{self.parametrization} (which sets {value:.6g}); leave it unset")
+            # A new LMConfig: the size table's instance is shared and must stay untouched.
+            self.lm = dataclasses.replace(self.lm, **rule)
 
     @property
     def tokens_per_image(self) -> int:
@@ -374,6 +411,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.scale = cfg.attn_scale  # None: SDPA's 1/sqrt(head_dim)
         self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
@@ -388,9 +426,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.kv_heads != self.n_heads
         if mask is None:  # one document per row: the fused causal path
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
 
 
@@ -408,8 +446,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm block: x + r attention(norm(x)), then x + r ffn(norm(x)), r = ``residual_mult``
+    (1 except under CompleteP / Depth-muP, where it is (L / L_base)^-alpha)."""
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
+        self.residual_mult = cfg.residual_mult
         self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -417,8 +459,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask)
-        return x + self.feed_forward(self.ffn_norm(x))  # (B, T, C)
+        r = self.residual_mult
+        x = x + r * self.attention(self.attention_norm(x), cos, sin, mask)
+        return x + r * self.feed_forward(self.ffn_norm(x))  # (B, T, C)
 
 
 class LM(nn.Module):
@@ -443,7 +486,10 @@ class LM(nn.Module):
         mask = None if doc_ids is None else doc_attention_mask(doc_ids)
         for block in self.blocks:
             x = block(x, cos, sin, mask)
-        return self.output(self.norm(x))  # (B, T, V)
+        x = self.norm(x)
+        if self.cfg.readout_mult != 1.0:  # muP's readout: the multiplier on the head's input (MuReadout)
+            x = x * self.cfg.readout_mult
+        return self.output(x)  # (B, T, V)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,7 +533,8 @@ class MM1(nn.Module):
 
         Linear, embedding and position weights N(0, init_std); the LM's residual output
         projections N(0, init_std / sqrt(2 n_layers)) (GPT-2); norms to identity; convolutions
-        Kaiming normal (fan_out), as timm's RegNet."""
+        Kaiming normal (fan_out), as timm's RegNet. Under mup / completep the LM's matrices are
+        then re-drawn by :func:`mm1model.parametrization.init_parametrized`."""
         if self.config.lm.tie_embeddings:  # `to_empty` after a meta build unties shared parameters
             self.lm.output.weight = self.lm.tok_embeddings.weight
         std = self.config.lm.init_std
@@ -509,6 +556,10 @@ class MM1(nn.Module):
         for block in self.lm.blocks:
             nn.init.normal_(block.attention.wo.weight, std=residual_std)
             nn.init.normal_(block.feed_forward.w2.weight, std=residual_std)
+        if self.config.parametrization != "sp":
+            from mm1model.parametrization import init_parametrized
+
+            init_parametrized(self)
 
     def image_features(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Encode images (each (3, H, W)) -> (n_images * tokens_per_image, d_model), in order.

@@ -42,6 +42,12 @@ def _cpu(name: str, d_model: int, n_layers: int, n_heads: int, ffn_dim: int, sou
     return MM1Config(name=name, lm=lm, vit=VIT_TINY, connector=C_ABSTRACTOR_16, source=source)
 
 
+def _family(name: str, d_model: int, n_layers: int) -> MM1Config:
+    lm = LMConfig(d_model=d_model, n_layers=n_layers, n_heads=4, ffn_dim=3 * d_model,
+                  vocab_size=CORPUS_VOCAB_SIZE, tie_embeddings=False)
+    return MM1Config(name=name, lm=lm, vit=VIT_TINY, connector=C_ABSTRACTOR_16, source=_FAMILY_SOURCE)
+
+
 def _paper(name: str, vit: ViTConfig, source: str, **lm: float) -> MM1Config:
     return MM1Config(name=name, lm=LMConfig(vocab_size=PAPER_VOCAB_SIZE, tie_embeddings=False, **lm),
                      vit=vit, connector=C_ABSTRACTOR_144, source=source)
@@ -49,6 +55,9 @@ def _paper(name: str, vit: ViTConfig, source: str, **lm: float) -> MM1Config:
 
 _CPU_FFN = ("nanoGPT-style small width and depth; SwiGLU ffn near 8/3-4 x d_model, chosen as a "
             "multiple of 8 that lands N on the name; tied embeddings as in GPT-2")
+
+_FAMILY_SOURCE = ("transfer family (muP / CompleteP comparison): 4 heads, SwiGLU ffn 3 x d_model so every "
+                  "hidden fan-in grows by the same factor; untied head so muP can zero-initialise it")
 
 SIZES: dict[str, MM1Config] = {
     # CPU sizes (train on one 2-core machine in seconds to minutes; N spans 31x).
@@ -85,29 +94,59 @@ SIZES: dict[str, MM1Config] = {
     # The paper adds a z-loss of scale 1e-4 for MM1-30B.
     "30B": _paper("30B", VIT_H14_378, "MM1-30B; LLaMA-30B width/ffn, 56 layers; z-loss 1e-4", d_model=6656,
                   n_layers=56, n_heads=52, ffn_dim=17920, z_loss=1e-4),
+    # Transfer families for the parametrization comparison (`scaling compare`): CPU sizes that
+    # change ONE dimension. Named by what changes, not by N (N is still reported by
+    # `scaling sizes`): wD = d_model D at 2 layers, dL = L layers at d_model 64. Widths 32..256 at
+    # depth 2 and depths 2..8 at width 64 are the note's 17-minute CPU experiment; d16 extends
+    # the depth range for the coordinate check.
+    # N = 26,784 / 106,816 / 426,624 / 1,705,216 (2 layers of 4 d^2 + 3 x 3 d^2 + 2 d, plus d).
+    "w32": _family("w32", 32, 2),
+    "w64": _family("w64", 64, 2),
+    "w128": _family("w128", 128, 2),
+    "w256": _family("w256", 256, 2),
+    # N = 106,816 / 213,568 / 427,072 / 854,080 (L layers of 13 x 64^2 + 128, plus 64).
+    "d2": _family("d2", 64, 2),
+    "d4": _family("d4", 64, 4),
+    "d8": _family("d8", 64, 8),
+    "d16": _family("d16", 64, 16),
 }
 
+FAMILIES = ("mm1", "width", "depth")
+_FAMILY_OF = {**{name: "mm1" for name in SIZES},
+              **{name: "width" for name in ("w32", "w64", "w128", "w256")},
+              **{name: "depth" for name in ("d2", "d4", "d8", "d16")}}
 
-def size_names() -> list[str]:
-    """The size names, small to large."""
-    return list(SIZES)
+
+def family_of(name: str) -> str:
+    """``mm1`` (the named sizes, N in the name), ``width`` (wD) or ``depth`` (dL)."""
+    get_size(name)
+    return _FAMILY_OF[name]
+
+
+def size_names(family: str | None = "mm1") -> list[str]:
+    """The size names of one family (default ``mm1``, the named sizes), small to large;
+    ``family=None`` lists every size in the table."""
+    if family is not None and family not in FAMILIES:
+        raise ConfigError(f"unknown size family '{family}'; valid families: {', '.join(FAMILIES)}")
+    return [name for name in SIZES if family is None or _FAMILY_OF[name] == family]
 
 
 def get_size(name: str) -> MM1Config:
-    """The config of size ``name``; an unknown name raises ConfigError listing the valid ones."""
+    """The config of size ``name`` (any family); an unknown name raises ConfigError listing the
+    named sizes (`scaling sizes --size w32` and ``size_names(None)`` show the families)."""
     if name not in SIZES:
-        raise ConfigError(f"unknown size '{name}'; valid sizes: {', '.join(SIZES)}")
+        raise ConfigError(f"unknown size '{name}'; valid sizes: {', '.join(size_names())}")
     return SIZES[name]
 
 
 def size_table(names: list[str] | None = None) -> list[dict]:
-    """One JSON-ready row per size (all sizes by default, in table order): the parameter counts
+    """One JSON-ready row per size (the ``mm1`` family by default, in table order): its family and the parameter counts
     of :func:`mm1model.counting.param_counts` and the shape. ``image_tokens`` is the LM
     positions one image takes (``MM1Config.tokens_per_image``)."""
     rows = []
     for name in names or size_names():
         cfg = get_size(name)
-        row = {"name": name, **vars(param_counts(cfg))}
+        row = {"name": name, "family": _FAMILY_OF[name], **vars(param_counts(cfg))}
         row.update(d_model=cfg.lm.d_model, n_layers=cfg.lm.n_layers, n_heads=cfg.lm.n_heads,
                    n_kv_heads=cfg.lm.kv_heads, ffn_dim=cfg.lm.ffn_dim, vocab_size=cfg.lm.vocab_size,
                    tie_embeddings=cfg.lm.tie_embeddings, image_tokens=cfg.tokens_per_image,

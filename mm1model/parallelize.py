@@ -1,0 +1,50 @@
+"""Parallelism applied to a finished MM1: activation checkpointing, torch.compile, FSDP2.
+
+``mm1model.model`` is single-device code; everything that makes it run on many devices lives
+here, in torchtitan's order: activation checkpointing wraps each transformer block, compile
+compiles each block, then FSDP2 (``torch.distributed.fsdp.fully_shard``) shards each LM block
+and each ViT block (one all-gather per block in forward and backward, freed after use) and
+finally the root, which holds the embeddings, the connector, the norms and the output head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
+    """(container, index) of every LM and ViT block, so a wrapper can replace it in place."""
+    return [(blocks, i) for blocks in (model.lm.blocks, model.vit.blocks) for i in range(len(blocks))]
+
+
+def parallelize(model: nn.Module, *, device_type: str = "cpu", activation_checkpointing: bool = False,
+                compile: bool = False, bf16_params: bool | None = None) -> nn.Module:
+    """Apply AC, compile and FSDP2 to ``model`` (an MM1) in place, and return it.
+
+    FSDP2 is applied when a process group of more than one rank is initialised; the mesh is 1-D
+    over all ranks (pure data parallelism with sharded parameters, gradients and optimizer
+    state). ``bf16_params`` (default: on for CUDA) makes FSDP2 all-gather bf16 parameters and
+    reduce gradients in fp32; the sharded master weights stay fp32.
+    """
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for blocks, i in transformer_blocks(model):
+            blocks[i] = checkpoint_wrapper(blocks[i])
+    if compile:
+        for blocks, i in transformer_blocks(model):
+            blocks[i].compile()  # in place: parameter names (and checkpoints) stay unchanged
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+        if bf16_params is None:
+            bf16_params = device_type == "cuda"
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if bf16_params else MixedPrecisionPolicy())
+        for blocks, i in transformer_blocks(model):
+            fully_shard(blocks[i], mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
