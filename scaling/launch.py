@@ -1,0 +1,269 @@
+"""``scaling launch``: the fitted recipe, a resource plan, and the trainer started through submitit.
+
+:func:`prepare_launch` resolves everything and writes nothing: the recipe (peak LR from a fitted
+law or MM1's, every value with its origin), the :class:`scaling.plan.Plan`, and the
+:class:`mm1model.train.TrainConfig` that will run. :func:`launch` refuses a plan that does not
+fit, then writes the launch directory and submits:
+
+* ``plan.json``: the recipe (with origins) and the plan; ``config.json``: the TrainConfig;
+* ``jobs.json``: one entry per submission (job id, executor, time, submitit folder);
+* ``status.json``: ``submitted`` at submission; :func:`launch_status` reads the trainer's own
+  records (``run/metrics.jsonl``, ``run/result.json``) for everything after that, so it never
+  asks the scheduler;
+* ``run/``: the trainer's run directory; ``submitit/``: submitit's logs and pickles.
+
+One job of ``nodes x gpus_per_node`` tasks, one per GPU: each task exports the rendezvous of
+``submitit.helpers.TorchDistributedEnvironment`` (MASTER_ADDR/PORT, RANK, WORLD_SIZE,
+LOCAL_RANK) and calls :func:`mm1model.train.train`, which joins the process group (nccl on
+GPUs, gloo on CPUs) and applies FSDP2. :class:`TrainJob` is ``Checkpointable``: on a timeout or
+preemption signal the trainer checkpoints at the next step boundary, hands the signal to
+submitit, which requeues the job; the requeued job resumes from that checkpoint.
+``executor="local"`` runs the same job through ``submitit.LocalExecutor`` on this machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from mm1model import records
+from mm1model.config import ConfigError, from_dict, to_dict
+from scaling.plan import Plan, PlanConfig, make_plan
+
+EXECUTORS = ("slurm", "local")
+REFERENCES = ("mm1",)
+# TrainConfig fields a launch may set beyond the recipe (how often to evaluate, where the data is, ...).
+TRAIN_FIELDS = ("eval_interval", "eval_sequences", "checkpoint_interval", "keep_checkpoints", "log_interval",
+                "seed", "compile", "peak_flops", "divergence_factor", "betas", "eps")
+
+
+@dataclass
+class Prepared:
+    """A resolved launch: what would run, where, at what cost. Nothing is written yet."""
+
+    out: Path
+    executor: str
+    recipe: Any  # scaling.recipe.Recipe
+    plan: Plan
+    train: Any  # mm1model.train.TrainConfig
+
+    def summary(self) -> dict[str, Any]:
+        """The dry-run JSON: the issue's keys first, then the recipe's origins and the whole plan."""
+        r, p = self.recipe, self.plan
+        return {
+            "size": p.size, "params": int(r.params), "n_convention": r.n_convention,
+            "peak_lr": r.peak_lr, "peak_lr_pi95": list(r.peak_lr_pi95) if r.peak_lr_pi95 else None,
+            "min_lr": r.min_lr, "warmup_steps": r.warmup_steps, "decay_steps": r.decay_steps, "steps": r.steps,
+            "schedule": r.schedule, "weight_decay": r.weight_decay, "z_loss": r.z_loss, "grad_clip": r.grad_clip,
+            "batch_size": r.batch_size, "seq_len": r.seq_len, "max_images": r.max_images,
+            "nodes": p.nodes, "gpus_per_node": p.gpus_per_node, "memory_per_gpu_gb": p.memory_per_gpu_gb,
+            "gpu_hours": p.gpu_hours, "micro_batch_size": p.micro_batch_size, "grad_accum_steps": p.grad_accum_steps,
+            "activation_checkpointing": p.activation_checkpointing, "fits": p.fits, "refusal": p.refusal,
+            "executor": self.executor, "out": str(self.out), "origins": dict(r.origins),
+            "recipe": r.to_dict(), "plan": p.to_dict(),
+        }
+
+
+def load_law(fit: str | Path | None, reference: str | None, size: str, n_convention: str = "non_embedding"):
+    """The LR law: a ``scaling fit`` result, or MM1's published law counted with ``n_convention``.
+    Exactly one must be given; a fit made with another N convention is refused, because the law
+    would be evaluated at an N it was not fitted on."""
+    from scaling.fit import FitResult
+    from scaling.reference import mm1_law
+
+    if fit is not None and reference is not None:
+        raise ConfigError("give either --fit FIT.json or --reference mm1, not both")
+    if fit is None and reference is None:
+        raise ConfigError(f"no fit for size {size}: give --fit FIT.json (from `scaling fit`) or --reference mm1")
+    if reference is not None:
+        if reference not in REFERENCES:
+            raise ConfigError(f"unknown reference '{reference}'; valid: {', '.join(REFERENCES)}")
+        return mm1_law(n_convention)
+    law = FitResult.from_json(fit)
+    if law.n_convention != n_convention:
+        raise ConfigError(f"{fit} was fitted with N counted as '{law.n_convention}', this launch counts "
+                          f"'{n_convention}': pass --n-convention {law.n_convention} to use that law")
+    return law
+
+
+def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str | None = None,
+                   n_convention: str = "non_embedding", recipe: dict[str, Any] | None = None,
+                   plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
+                   executor: str = "slurm", out: str | Path | None = None) -> Prepared:
+    """Resolve a launch of ``size`` without writing or submitting anything.
+
+    ``recipe``: overrides of :data:`scaling.recipe.OVERRIDABLE` (origin "user"). ``plan``:
+    :class:`PlanConfig` fields (nodes, gpus_per_node, gpu, gpu_mem_gb, partition, time, mfu, ...).
+    ``train``: extra TrainConfig fields (:data:`TRAIN_FIELDS`, plus ``data`` overrides such as
+    ``{"corpus": DIR}``). ``n_convention``: how N is counted (non_embedding, the project's
+    default, or total); a fit made with the other one is refused.
+    """
+    from mm1model.data import DataConfig
+    from mm1model.sizes import get_size
+    from mm1model.train import TrainConfig
+    from scaling.recipe import recipe_for
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
+    get_size(size)
+    law = load_law(fit, reference, size, n_convention)
+    rec = recipe_for(size, law, recipe)
+    if rec.schedule != "cosine":
+        raise ConfigError(f"the trainer runs a cosine schedule only, the recipe says '{rec.schedule}'")
+    plan_fields = dict(plan or {})
+    device = plan_fields.setdefault("device", "cpu" if executor == "local" else "cuda")
+    if executor == "local":
+        plan_fields.setdefault("gpus_per_node", 1)
+        if plan_fields.get("nodes", 1) != 1:
+            raise ConfigError("--executor local runs on this machine: --nodes must be 1")
+        plan_fields["nodes"] = 1
+    if device == "cpu":
+        plan_fields.setdefault("cpus_per_task", 1)
+    plan_config = from_dict(PlanConfig, {"size": size, "batch_size": rec.batch_size, "seq_len": rec.seq_len,
+                                         "max_images": rec.max_images, "steps": rec.steps, "z_loss": rec.z_loss,
+                                         **plan_fields}, "plan")
+    the_plan = make_plan(plan_config, job_name=f"mm1-{size}")
+    out = Path(out) if out is not None else Path("launches") / size
+    extra = dict(train or {})
+    data = extra.pop("data", {})
+    unknown = sorted(set(extra) - set(TRAIN_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown train key(s) {', '.join(unknown)}; valid: {', '.join(TRAIN_FIELDS)}")
+    train_config = TrainConfig(
+        size=size, data=from_dict(DataConfig, {"seq_len": rec.seq_len, "max_images": rec.max_images, **data}, "data"),
+        lr=rec.peak_lr, min_lr_ratio=rec.min_lr / rec.peak_lr, warmup_steps=rec.warmup_steps,
+        decay_steps=rec.decay_steps, weight_decay=rec.weight_decay, grad_clip=rec.grad_clip, z_loss=rec.z_loss,
+        batch_size=rec.batch_size, micro_batch_size=the_plan.micro_batch_size, steps=rec.steps,
+        activation_checkpointing=the_plan.activation_checkpointing, device=device,
+        threads=plan_config.cpus_per_task if device == "cpu" else None, run_dir=str((out / "run").resolve()),
+        **extra)
+    return Prepared(out=out, executor=executor, recipe=rec, plan=the_plan, train=train_config)
+
+
+# ---------------------------------------------------------------------------------------- the job
+class TrainJob(submitit.helpers.Checkpointable):
+    """One task of the launch job: join the rendezvous, then train (or resume) the run.
+
+    Requeue needs nothing beyond ``Checkpointable``'s default: the same call on the same run
+    directory resumes from the newest checkpoint the trainer wrote when it got the signal."""
+
+    def __call__(self, config_path: str) -> dict[str, Any]:
+        from mm1model.train import load_config, train
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        result = train(load_config(config_path))
+        return dataclasses.asdict(result)
+
+
+def check_slurm() -> None:
+    """ConfigError unless a SLURM controller answers (suggesting --dry-run or --executor local)."""
+    hint = "use --dry-run to see the plan, or --executor local to run here"
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise ConfigError(f"--executor slurm: no SLURM on this machine (sbatch/sinfo not on PATH); {hint}")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"--executor slurm: sinfo does not answer (is slurmctld running?); {hint}") from None
+    if out.returncode != 0 or "up" not in out.stdout.split():
+        detail = (out.stderr.strip().splitlines() or ["no partition is up"])[-1]
+        raise ConfigError(f"--executor slurm: no SLURM cluster answers ({detail}); {hint}")
+
+
+def make_executor(prepared: Prepared):
+    """The submitit executor of a prepared launch (SLURM parameters exactly as planned)."""
+    folder = prepared.out / "submitit"
+    if prepared.executor == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(tasks_per_node=prepared.plan.gpus_per_node, nodes=1,
+                                   timeout_min=prepared.plan.slurm["time"], signal_delay_s=10)
+        return executor
+    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=100)
+    executor.update_parameters(**prepared.plan.slurm)
+    return executor
+
+
+def launch(prepared: Prepared, resubmit: bool = False) -> submitit.Job:
+    """Refuse a plan that does not fit or a busy/different launch directory, then write the
+    records and submit. Returns the submitit job (``job.results()`` waits for every task).
+
+    A directory whose last job is still submitted or running is refused unless ``resubmit``
+    (after that job died without a result): the new job resumes from its checkpoint."""
+    plan = prepared.plan
+    if not plan.fits:
+        raise ConfigError(plan.refusal)
+    if prepared.executor == "slurm":
+        check_slurm()
+    out = prepared.out
+    config = to_dict(prepared.train)
+    if (out / "config.json").exists():
+        before = records.read_json(out / "config.json")
+        if records.dumps(before) != records.dumps(config):
+            raise ConfigError(f"{out} holds another launch (its config.json differs); use a new --out")
+        state = launch_status(out)["state"]
+        if state in ("submitted", "running") and not resubmit:
+            raise ConfigError(f"{out} is already {state} (job {last_job_id(out)}); see `scaling status {out}`, or --resubmit if it died")
+    fresh = not out.exists()
+    records.write_json(out / "plan.json", {"recipe": prepared.recipe.to_dict(), "plan": plan.to_dict(),
+                                           "executor": prepared.executor})
+    records.write_json(out / "config.json", config)
+    try:
+        job = make_executor(prepared).submit(TrainJob(), str((out / "config.json").resolve()))
+    except Exception:
+        if fresh:  # nothing was submitted: leave no launch directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    jobs = records.read_json(out / "jobs.json") if (out / "jobs.json").exists() else []
+    jobs.append({"job_id": str(job.job_id), "executor": prepared.executor, "submitted": time.time(),
+                 "folder": str(out / "submitit"), "tasks": plan.world_size})
+    records.write_json(out / "jobs.json", jobs)
+    records.write_json(out / "status.json", {"state": "submitted", "job_id": str(job.job_id), "time": time.time()})
+    return job
+
+
+def last_job_id(out: Path) -> str | None:
+    """The id of the launch's latest job, from jobs.json (None before the first submission)."""
+    try:
+        return records.read_json(Path(out) / "jobs.json")[-1]["job_id"]
+    except (FileNotFoundError, IndexError, KeyError, ValueError):
+        return None
+
+
+def launch_status(out: str | Path) -> dict[str, Any]:
+    """Where a launch stands, from its files only: ``state`` is submitted (no training step
+    logged yet), running, ok, diverged or failed; with the job id, the step reached, the last
+    training loss and the final validation loss once done."""
+    out = Path(out)
+    if not (out / "plan.json").exists():
+        raise ConfigError(f"{out} is not a launch directory (no plan.json)")
+    run = out / "run"
+    status = {"state": "prepared", "job_id": last_job_id(out), "step": 0, "steps": None, "loss": None,
+              "final_val_loss": None}
+    try:
+        status["steps"] = records.read_json(out / "config.json")["steps"]
+    except (FileNotFoundError, KeyError, ValueError):
+        pass
+    if (out / "status.json").exists():
+        status["state"] = records.read_json(out / "status.json").get("state", "submitted")
+    rows = [r for r in records.read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    if rows:
+        status.update(state="running", step=rows[-1]["step"], loss=rows[-1]["loss"])
+    try:
+        result = records.read_json(run / "result.json")
+    except (FileNotFoundError, ValueError):
+        result = None
+    if result is not None:
+        status.update(state=result["status"], step=result["steps"], final_val_loss=result.get("final_val_loss"))
+    return status
+
+
+def format_status(status: dict[str, Any]) -> str:
+    loss = "" if status["loss"] is None or not math.isfinite(status["loss"]) else f", loss {status['loss']:.4f}"
+    final = "" if status["final_val_loss"] is None else f", final val loss {status['final_val_loss']:.4f}"
+    return f"{status['state']}: job {status['job_id']}, step {status['step']}/{status['steps']}{loss}{final}"
