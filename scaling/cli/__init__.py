@@ -31,3 +31,4 @@ from scaling.cli import fit  # noqa: E402,F401
 from scaling.cli import data  # noqa: E402,F401
 from scaling.cli import sweep  # noqa: E402,F401
 from scaling.cli import launch  # noqa: E402,F401
+from scaling.cli import coord_check, compare  # noqa: E402,F401

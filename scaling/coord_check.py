@@ -1,0 +1,284 @@
+"""The coordinate check: does every module's activation scale stay put as the model grows?
+
+For each size of a width family (or a depth family) and each seed, build the model under a
+parametrization, run ``steps`` AdamW steps at one LR on the same real corpus batches, and record
+the mean |output| of every module at the forward of each step (step 1 is at init). A
+parametrization that transfers keeps each of these flat against width (depth): the log-log
+slope of mean |activation| (averaged over seeds) against width per (module, step) stays near 0.
+The threshold 0.13 is microsoft/mup's own test (ratio within 1.2 over a 4x width range).
+SP fails it: after one Adam step the logits and hidden pre-activations grow like the width.
+
+Modules are named as in the model; under a depth family the LM's last block is named
+``lm.blocks.last`` so the first and last blocks are compared at every depth. A module whose
+output is exactly 0 at some size (the zero-initialised query and head at step 1) has no slope
+at that step and is listed as such.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mm1model import records
+from mm1model.config import ConfigError, replace
+from mm1model.model import MM1, MM1Config
+from mm1model.parametrization import PARAMETRIZATIONS, param_groups, set_group_lrs
+from mm1model.sizes import get_size
+
+THRESHOLD = 0.13
+
+
+@dataclass
+class CoordCheckConfig:
+    """``sizes``: two or more sizes that differ in width only or depth only (e.g. w32,...,w256
+    or d2,d4,d8). ``base_size``: None = the smallest of ``sizes``. ``lr``: the peak AdamW LR of
+    every step (no schedule). ``corpus``: a prepared corpus (None = the default one);
+    ``synthetic`` uses uniform random tokens instead (no images). ``fresh_batches``: a new batch
+    at each step instead of one batch repeated (see :func:`coord_check` for why one is the
+    default)."""
+
+    sizes: tuple[str, ...]
+    parametrization: str = "mup"
+    base_size: str | None = None
+    alpha: float = 1.0
+    steps: int = 3
+    seeds: int = 8
+    lr: float = 1e-2
+    batch_size: int = 1
+    seq_len: int = 32
+    threshold: float = THRESHOLD
+    corpus: str | None = None
+    fresh_batches: bool = False
+
+    def __post_init__(self) -> None:
+        self.sizes = tuple(self.sizes)
+        if len(self.sizes) < 2:
+            raise ConfigError(f"the coordinate check needs at least 2 sizes, got {len(self.sizes)}")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ConfigError(f"unknown parametrization '{self.parametrization}'; valid: {', '.join(PARAMETRIZATIONS)}")
+        for key in ("steps", "seeds", "batch_size"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not (self.lr > 0 and self.threshold > 0):
+            raise ConfigError(f"lr and threshold must be > 0, got {self.lr} and {self.threshold}")
+
+
+@dataclass
+class CoordCheckResult:
+    """``axis``: ``width`` (x = d_model) or ``depth`` (x = n_layers). ``l1[module][step]``: mean
+    |activation| per size (in ``sizes`` order), averaged over seeds. ``slopes[module][step]``:
+    d ln(l1) / d ln(x) by least squares, None where some size gave exactly 0. ``passed``: every
+    |slope| <= threshold."""
+
+    config: CoordCheckConfig
+    axis: str
+    x: list[int]
+    l1: dict[str, list[list[float]]]
+    slopes: dict[str, list[float | None]]
+    max_slope: float
+    worst: tuple[str, int]
+    passed: bool
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        """A few lines: verdict, worst module, and the steepest modules at the last step."""
+        c = self.config
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [f"coordinate check {verdict}: {c.parametrization} over {self.axis} "
+                 f"{', '.join(map(str, self.x))} ({', '.join(c.sizes)}), {c.steps} steps, {c.seeds} seeds, "
+                 f"lr {c.lr:g}",
+                 f"max |slope| {self.max_slope:.3f} (threshold {c.threshold}) at {self.worst[0]}, step {self.worst[1]}"]
+        last = sorted(((abs(s[-1]), m, s[-1]) for m, s in self.slopes.items() if s[-1] is not None), reverse=True)
+        lines.append(f"steepest at step {c.steps}: " + ", ".join(f"{m} {s:+.2f}" for _, m, s in last[:5]))
+        if not self.passed and c.parametrization == "sp":
+            lines.append("sp is expected to fail: its activations grow with the model, so its optimum LR moves")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.config), "axis": self.axis, "x": self.x, "l1": self.l1,
+                "slopes": self.slopes, "max_slope": self.max_slope, "worst": list(self.worst),
+                "passed": self.passed, "records": self.records}
+
+
+def _axis(configs: list[MM1Config]) -> tuple[str, list[int]]:
+    widths = [c.lm.d_model for c in configs]
+    depths = [c.lm.n_layers for c in configs]
+    if len(set(depths)) == 1 and len(set(widths)) == len(widths):
+        return "width", widths
+    if len(set(widths)) == 1 and len(set(depths)) == len(depths):
+        return "depth", depths
+    raise ConfigError("the sizes must differ in width only (same depth) or depth only (same width), got "
+                      + ", ".join(f"{c.name} (d_model {c.lm.d_model}, {c.lm.n_layers} layers)" for c in configs))
+
+
+def _batches(config: CoordCheckConfig, model_config: MM1Config) -> list[dict[str, Any]]:
+    n = config.steps if config.fresh_batches else 1
+    if config.corpus == "synthetic":
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for _ in range(n):
+            ids = torch.randint(5, model_config.lm.vocab_size, (config.batch_size, config.seq_len + 1), generator=g)
+            out.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "images": []})
+    else:
+        from mm1model.data import DataConfig, PackedStream
+
+        data = DataConfig(corpus=config.corpus, seq_len=config.seq_len, image_size=model_config.vit.image_size,
+                          image_tokens=model_config.tokens_per_image, seed=0)
+        stream = PackedStream(data)
+        out = [stream.next_batch(config.batch_size) for _ in range(n)]
+    return out * (config.steps // n)
+
+
+def _module_key(name: str, n_layers: int, axis: str) -> str:
+    if axis == "depth":
+        name = re.sub(rf"^lm\.blocks\.{n_layers - 1}(?=\.|$)", "lm.blocks.last", name)
+    return name or "model"
+
+
+def _activations(model: MM1, axis: str, batches: list[dict[str, Any]], lr: float) -> list[dict[str, float]]:
+    """Mean |output| per module at the forward of each step, then one AdamW step."""
+    current: dict[str, list[float]] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if isinstance(output, torch.Tensor) and output.is_floating_point():
+                current.setdefault(name, []).append(output.detach().abs().mean().item())
+        return record
+
+    handles = [module.register_forward_hook(hook(_module_key(name, model.config.lm.n_layers, axis)))
+               for name, module in model.named_modules() if name]
+    optimizer = torch.optim.AdamW(param_groups(model, None, lr, 0.0, 1e-8), lr=lr, betas=(0.9, 0.95))
+    set_group_lrs(optimizer, lr)
+    steps = []
+    try:
+        for batch in batches:
+            current.clear()
+            optimizer.zero_grad(set_to_none=True)
+            out = model(batch["input_ids"], batch["images"], batch["labels"],
+                        doc_ids=batch.get("doc_ids"), position_ids=batch.get("position_ids"))
+            out.loss.backward()
+            optimizer.step()
+            steps.append({k: float(np.mean(v)) for k, v in current.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return steps
+
+
+def _seeded(config: MM1Config, seed: int) -> MM1:
+    torch.manual_seed(seed)
+    return MM1(config)
+
+
+@torch.no_grad()
+def _share_encoder(model: MM1, reference: MM1) -> None:
+    """Give ``model`` the reference's image-encoder and connector weights wherever the shapes
+    agree (all but the connector's LM-side layers). The init draws the ViT's position
+    embeddings after the LM, so without this every size of one seed would hold another random
+    encoder, and its init noise would pose as a slope (MM1 shares one pretrained ViT anyway)."""
+    ref = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        if name.startswith(("vit.", "connector.")) and name in ref and ref[name].shape == param.shape:
+            param.copy_(ref[name])
+
+
+def coord_check(config: CoordCheckConfig) -> CoordCheckResult:
+    """Run the coordinate check (see the module docstring). Raises ConfigError for sizes that
+    are not one family or a base larger than a size.
+
+    Why one short batch (1 x 32 tokens) repeated, by default: a zero-initialised matrix (the
+    query, the head) after its first Adam update is W = -lr sign(sum_t g(t) x(t)^T) over the N
+    positions of the batch, and W x' is coherent (grows like the width) only where x' is one of
+    those positions; the rest is a sum of random signs that grows like sqrt(width). muP's
+    scaling holds once width >> N, so at CPU widths (32-256) N must be small, and the same
+    batch keeps x' among the positions. Measured on this corpus, mup over w32..w256: max |slope|
+    0.07 with 1 x 32 tokens, 0.18-0.23 with 4 x 64 (the first update of the query and head)."""
+    base = config.base_size
+    plain = [get_size(s) for s in config.sizes]
+    axis, x = _axis(plain)
+    order = np.argsort(x)
+    base = base or config.sizes[int(order[0])]
+    models = [replace(p, parametrization=config.parametrization, base_size=base, alpha=config.alpha) for p in plain]
+    batches = _batches(config, models[0])
+    records, per_size = [], []
+    reference = [_seeded(models[int(order[0])], seed) for seed in range(config.seeds)]
+    for size, mcfg in zip(config.sizes, models):
+        per_seed = []
+        for seed in range(config.seeds):
+            model = _seeded(mcfg, seed)
+            _share_encoder(model, reference[seed])
+            steps = _activations(model, axis, batches, config.lr)
+            per_seed.append(steps)
+            records += [{"size": size, "seed": seed, "step": t + 1, "module": m, "l1": v}
+                        for t, row in enumerate(steps) for m, v in row.items()]
+        per_size.append(per_seed)
+    common = set.intersection(*(set(per_seed[0][0]) for per_seed in per_size))
+    if axis == "depth":
+        # The residual stream after block l sits at relative depth l/L, which moves with L: only
+        # the last block's output (relative depth 1) is the same coordinate at every depth.
+        common = {m for m in common if not re.fullmatch(r"lm\.blocks\.\d+", m)}
+    modules = [m for m in per_size[0][0][0] if m in common]  # forward order of the first size
+    log_x = np.log(np.asarray(x, dtype=float))
+    l1, slopes = {}, {}
+    worst, max_slope = ("", 0), 0.0
+    for m in modules:
+        l1[m], slopes[m] = [], []
+        for t in range(config.steps):
+            means = [float(np.mean([seed_steps[t][m] for seed_steps in per_seed])) for per_seed in per_size]
+            l1[m].append(means)
+            if min(means) <= 0.0 or not all(math.isfinite(v) for v in means):
+                slopes[m].append(None)
+                continue
+            slope = float(np.polyfit(log_x, np.log(means), 1)[0])
+            slopes[m].append(slope)
+            if abs(slope) > max_slope:
+                max_slope, worst = abs(slope), (m, t + 1)
+    return CoordCheckResult(config=config, axis=axis, x=[int(v) for v in x], l1=l1, slopes=slopes,
+                            max_slope=max_slope, worst=worst, passed=max_slope <= config.threshold,
+                            records=records)
+
+
+def plot_coord_check(result: CoordCheckResult, path) -> None:
+    """One panel per step: mean |activation| against width (depth), log-log, one line per
+    module; the modules steeper than the threshold are drawn in colour and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result.config.steps
+    fig, axes = plt.subplots(1, steps, figsize=(4.2 * steps, 3.8), squeeze=False, sharey=True)
+    for t, ax in enumerate(axes[0]):
+        steep = sorted((abs(s[t]), m) for m, s in result.slopes.items()
+                       if s[t] is not None and abs(s[t]) > result.config.threshold)
+        labelled = {m for _, m in steep[-6:]}  # the six steepest get a colour and a legend entry
+        for m, per_step in result.l1.items():
+            values = per_step[t]
+            if min(values) <= 0:
+                continue
+            slope = result.slopes[m][t]
+            mark = m in labelled
+            ax.plot(result.x, values, marker="o", lw=1.2 if mark else 0.6, alpha=1.0 if mark else 0.35,
+                    color=None if mark else "grey", label=f"{m} ({slope:+.2f})" if mark else None)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("d_model" if result.axis == "width" else "n_layers")
+        ax.set_title(f"step {t + 1}")
+        if any(line.get_label()[:1] != "_" for line in ax.get_lines()):
+            ax.legend(fontsize=6, loc="best")
+    axes[0][0].set_ylabel("mean |activation|")
+    verdict = "passed" if result.passed else "failed"
+    fig.suptitle(f"coordinate check, {result.config.parametrization}: {verdict} "
+                 f"(max |slope| {result.max_slope:.2f}, threshold {result.config.threshold}; "
+                 "grey: within it or not the six steepest)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    records.write_bytes(path, buffer.getvalue())
+    plt.close(fig)
