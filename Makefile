@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup corpus demo test slurm-up slurm-down clean
+.PHONY: setup corpus demo figures test slurm-up slurm-down clean
+
+DEMO := runs/demo
 
 # The CPU build of torch 2.13.0 lies on this machine's disk; installing it first keeps pip
 # from resolving `torch>=2.6` to a multi-GB CUDA build.
@@ -21,8 +23,20 @@ setup: $(STAMP)
 corpus: setup
 	$(BIN)/scaling data prepare
 
+# The whole MM1 workflow on this machine: sweep the CPU sizes on the real corpus, fit the law,
+# tabulate 3B/7B/30B beside MM1's, plan the 30B launch. A second run reuses every finished cell.
 demo: corpus
 	$(BIN)/scaling sizes
+	$(BIN)/scaling sweep --config sweeps/cpu.toml --out $(DEMO)
+	$(BIN)/scaling collect $(DEMO) --out $(DEMO)/runs.csv
+	$(BIN)/scaling fit $(DEMO) --reference mm1 --out $(DEMO)/fit
+	$(BIN)/scaling launch --size 30B --fit $(DEMO)/fit/fit.json --dry-run
+	$(BIN)/scaling summary $(DEMO) --fit $(DEMO)/fit
+
+# The README's figures, redrawn from the demo's fit (run `make demo` first).
+figures: setup
+	$(BIN)/scaling fit $(DEMO) --reference mm1 --out $(DEMO)/fit
+	cp $(DEMO)/fit/loss_vs_lr.png $(DEMO)/fit/loss_vs_lr.svg $(DEMO)/fit/lr_law.png $(DEMO)/fit/lr_law.svg figures/
 
 # The SLURM tests need the single-node cluster; the script installs and starts it where it can
 # (root and apt). Without it the SLURM tests skip, except with CI=true where they fail.

@@ -208,9 +208,14 @@ def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def mm1_peak_lr(params: int) -> float:
-    """MM1's fitted optimum peak LR for N non-embedding LM parameters (paper section 3.2)."""
-    return math.exp(-0.4214 * math.log(params) - 0.5535)
+# MM1's learning-rate law (McKinzie et al. 2024, "Model Scaling"): the one place its numbers live.
+MM1_LN_PARAMS = -0.4214
+MM1_INTERCEPT = -0.5535
+
+
+def mm1_peak_lr(params: float) -> float:
+    """MM1's fitted optimum peak LR, exp(-0.4214 ln N - 0.5535), for N LM parameters."""
+    return math.exp(MM1_LN_PARAMS * math.log(params) + MM1_INTERCEPT)
 
 
 def torch_weight_decay(weight_decay: float, peak_lr: float) -> float:

@@ -12,10 +12,9 @@ The paper publishes no intervals, so this law's intervals are None.
 """
 from __future__ import annotations
 
+from mm1model.train import MM1_INTERCEPT, MM1_LN_PARAMS, mm1_peak_lr
 from scaling.fit import FitResult
 
-MM1_LN_PARAMS = -0.4214
-MM1_INTERCEPT = -0.5535
 MM1_SWEEP_PARAMS = (9e6, 85e6, 302e6, 1.2e9)  # the sizes the paper swept
 # The paper's table of predicted peak LRs (Appendix B), one significant figure.
 MM1_TABLE = {"3B": 6e-5, "7B": 4e-5, "30B": 2e-5}
@@ -34,4 +33,4 @@ def mm1_law(n_convention: str = "non_embedding") -> FitResult:
 
 def mm1_lr(params: float) -> float:
     """MM1's predicted peak LR at N = ``params``."""
-    return mm1_law().predict(params)
+    return mm1_peak_lr(params)

@@ -37,19 +37,12 @@ from typing import Any, Callable
 from mm1model import records
 from mm1model.config import ConfigError, from_dict, to_dict
 from scaling import cells
+from scaling.reference import mm1_lr
 from scaling.runs import SizeStatus, rank_key, sweep_status
 
 EXECUTORS = ("local", "slurm", "debug")
-# MM1 (McKinzie et al. 2024, sec. 3.4): optimal peak LR vs N, fitted on 9M..1.2B
-MM1_LAW_SLOPE = -0.4214
-MM1_LAW_INTERCEPT = -0.5535
 # Train settings a sweep fills in per cell; setting them in [train] would be ambiguous.
 _CELL_KEYS = ("size", "lr", "seed", "run_dir")
-
-
-def mm1_lr(params: float) -> float:
-    """MM1's optimal peak LR for N = ``params`` non-embedding LM parameters."""
-    return math.exp(MM1_LAW_SLOPE * math.log(params) + MM1_LAW_INTERCEPT)
 
 
 def round_lr(lr: float) -> float:

@@ -3,6 +3,8 @@
 ``slurm_cluster``: the single-node SLURM cluster started by ``scripts/slurm-start.sh``. Tests
 marked ``slurm`` take it; they skip (saying why) when no cluster answers, except under
 ``CI=true``, where a missing cluster is a failure: CI must exercise the real scheduler.
+
+``corpus``: the bundled corpus (`make test` prepares it), or a synthetic one where it is missing.
 """
 from __future__ import annotations
 
@@ -67,3 +69,15 @@ def slurm_cluster() -> SlurmCluster:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but the SLURM cluster is not up: {found}", pytrace=False)
     pytest.skip(f"SLURM cluster not up: {found}")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> str:
+    """The prepared default corpus when there is one (make test builds it), else a synthetic one."""
+    from mm1model.data import default_corpus_dir, prepare_corpus, read_manifest
+
+    if read_manifest(default_corpus_dir()) is not None:
+        return str(default_corpus_dir())
+    out = tmp_path_factory.mktemp("corpus")
+    prepare_corpus(out, synthetic=True, echo=lambda _: None)
+    return str(out)

@@ -28,18 +28,6 @@ from scaling.sweep import SweepConfig, load_sweep_config, mm1_lr, plan_sweep, ru
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    """The prepared default corpus when there is one (make test builds it), else a synthetic one."""
-    from mm1model.data import default_corpus_dir, prepare_corpus, read_manifest
-
-    if read_manifest(default_corpus_dir()) is not None:
-        return str(default_corpus_dir())
-    out = tmp_path_factory.mktemp("corpus")
-    prepare_corpus(out, synthetic=True, echo=lambda _: None)
-    return str(out)
-
-
 def tiny_train(corpus: str, **extra) -> dict:
     return {"batch_size": 2, "data": {"seq_len": 64, "corpus": corpus}, "eval_interval": 0,
             "eval_sequences": 4, "checkpoint_interval": 4, "log_interval": 1000, **extra}

@@ -18,17 +18,6 @@ from scaling.sweep import SweepConfig, _prepare_dir, plan_sweep, run_sweep
 pytestmark = pytest.mark.slurm
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    from mm1model.data import default_corpus_dir, prepare_corpus, read_manifest
-
-    if read_manifest(default_corpus_dir()) is not None:
-        return str(default_corpus_dir())
-    out = tmp_path_factory.mktemp("corpus")
-    prepare_corpus(out, synthetic=True, echo=lambda _: None)
-    return str(out)
-
-
 def tiny(corpus: str, out: Path, executor: str, lrs=(1e-3, 3e-3), seeds: int = 2, steps: int = 12,
          **extra) -> SweepConfig:
     train = {"batch_size": 2, "data": {"seq_len": 64, "corpus": corpus}, "eval_interval": 0,

@@ -28,7 +28,8 @@ def main() -> None:
 # Subcommands register themselves on `main` when their module is imported.
 from scaling.cli import sizes  # noqa: E402,F401
 from scaling.cli import fit  # noqa: E402,F401
-from scaling.cli import data  # noqa: E402,F401
 from scaling.cli import sweep  # noqa: E402,F401
+from scaling.cli import data  # noqa: E402,F401
 from scaling.cli import launch  # noqa: E402,F401
 from scaling.cli import coord_check, compare  # noqa: E402,F401
+from scaling.cli import summary  # noqa: E402,F401

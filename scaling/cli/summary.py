@@ -1,0 +1,18 @@
+"""`scaling summary`: the closing lines of `make demo`."""
+from __future__ import annotations
+
+import click
+
+from scaling.cli import main
+from scaling.summary import summarize
+
+
+@main.command("summary")
+@click.argument("sweep_dir", type=click.Path())
+@click.option("--fit", "fit_dir", type=click.Path(), default=None,
+              help="The `scaling fit` output directory [default: SWEEP_DIR/fit].")
+def summary_command(sweep_dir, fit_dir):
+    """The fitted law beside MM1's, the backtest, the LR table and where every file is."""
+    from pathlib import Path
+
+    click.echo(summarize(sweep_dir, fit_dir or Path(sweep_dir) / "fit"))
