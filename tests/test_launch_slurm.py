@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from mm1model import records
+from scaling.cli import main
 from scaling.launch import launch, launch_status, prepare_launch
 
 pytestmark = pytest.mark.slow
@@ -92,3 +94,6 @@ def test_local_launch_trains_over_two_gloo_processes(local_job):
     assert plan["recipe"]["origins"]["steps"] == "user" and plan["recipe"]["origins"]["peak_lr"] == "paper"
     status = launch_status(out)
     assert status["state"] == "ok" and status["final_val_loss"] == results[0]["final_val_loss"]
+    shown = CliRunner().invoke(main, ["status", str(out)])  # `scaling status` reads a launch directory too
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith("ok: job ") and f"final val loss {results[0]['final_val_loss']:.4f}" in shown.output

@@ -63,8 +63,9 @@ def test_default_grid_is_centred_on_mm1_law():
 
 def test_shipped_sweep_files_plan():
     cpu = plan_sweep(load_sweep_config(ROOT / "sweeps" / "cpu.toml"))
-    assert [s.size for s in cpu.sizes] == ["100K", "300K", "1M", "3M"]
+    assert [s.size for s in cpu.sizes] == ["w32", "w64", "w128", "w256"]
     assert cpu.train["threads"] == 1 and cpu.max_parallel <= os.cpu_count()
+    assert cpu.n_cells == 40 and cpu.sizes[0].lrs == (1.97e-3, 3.92e-3, 7.83e-3, 1.56e-2, 3.12e-2)
     mm1 = plan_sweep(load_sweep_config(ROOT / "sweeps" / "mm1.toml", executor="slurm"))
     assert [s.size for s in mm1.sizes] == ["9M", "85M", "302M", "1.2B"]
     assert mm1.n_cells == 28 and mm1.sizes[0].tokens == 5000 * 512 * 4096
