@@ -26,7 +26,7 @@ corpus: setup
 # The whole MM1 workflow on this machine: sweep the CPU sizes on the real corpus, fit the law,
 # tabulate 3B/7B/30B beside MM1's, plan the 30B launch. A second run reuses every finished cell.
 demo: corpus
-	$(BIN)/scaling sizes
+	$(BIN)/scaling sizes --family all
 	$(BIN)/scaling sweep --config sweeps/cpu.toml --out $(DEMO)
 	$(BIN)/scaling collect $(DEMO) --out $(DEMO)/runs.csv
 	$(BIN)/scaling fit $(DEMO) --reference mm1 --out $(DEMO)/fit

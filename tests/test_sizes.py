@@ -138,8 +138,16 @@ def test_cli_table():
     result = CliRunner().invoke(main, ["sizes"])
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split()[:2] == ["size", "N"]
-    assert re.match(r"^7B\s+6\.98B\s+7\.24B\s+631M", lines[10])
+    assert lines[0].split()[:3] == ["size", "family", "N"]
+    assert re.match(r"^7B\s+mm1\s+6\.98B\s+7\.24B\s+631M", lines[10])
+
+
+def test_cli_families():
+    width = json.loads(CliRunner().invoke(main, ["sizes", "--json", "--family", "width"]).output)
+    assert [(r["name"], r["params"], r["n_layers"]) for r in width] == [
+        ("w32", 26_784, 2), ("w64", 106_816, 2), ("w128", 426_624, 2), ("w256", 1_705_216, 2)]
+    every = json.loads(CliRunner().invoke(main, ["sizes", "--json", "--family", "all"]).output)
+    assert {r["family"] for r in every} == {"mm1", "width", "depth"} and len(every) == 19
 
 
 def test_cli_unknown_size_exits_2():

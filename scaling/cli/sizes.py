@@ -5,7 +5,7 @@ import json
 
 import click
 
-from mm1model.sizes import size_table
+from mm1model.sizes import FAMILIES, size_names, size_table
 from scaling.cli import main
 
 
@@ -18,11 +18,11 @@ def _human(n: int) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The rows of :func:`mm1model.sizes.size_table` as an aligned text table."""
-    header = ("size", "N", "LM total", "vision", "connector", "total", "d_model", "layers", "heads",
+    header = ("size", "family", "N", "LM total", "vision", "connector", "total", "d_model", "layers", "heads",
               "img tokens", "image")
     lines = [header]
     for r in rows:
-        lines.append((r["name"], _human(r["params"]), _human(r["params_lm_total"]), _human(r["params_vision"]),
+        lines.append((r["name"], r["family"], _human(r["params"]), _human(r["params_lm_total"]), _human(r["params_vision"]),
                       _human(r["params_connector"]), _human(r["params_total"]), str(r["d_model"]),
                       str(r["n_layers"]), str(r["n_heads"]), str(r["image_tokens"]),
                       f"{r['image_size']}px/{r['patch_size']}"))
@@ -36,7 +36,9 @@ def format_table(rows: list[dict]) -> str:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per size.")
 @click.option("--size", "sizes", multiple=True, metavar="NAME", help="Only these sizes (repeatable).")
-def sizes(as_json: bool, sizes: tuple[str, ...]) -> None:
+@click.option("--family", type=click.Choice([*FAMILIES, "all"]), default="mm1", show_default=True,
+              help="mm1: the named sizes; width / depth: the transfer families; all: every size.")
+def sizes(as_json: bool, sizes: tuple[str, ...], family: str) -> None:
     """The model sizes: parameter counts per component and shapes."""
-    rows = size_table(list(sizes) or None)
+    rows = size_table(list(sizes) or size_names(None if family == "all" else family))
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
