@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; records are read by other users' jobs and tools, like any new file.
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)

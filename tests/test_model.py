@@ -242,3 +242,17 @@ def test_config_round_trips_through_dict():
     cfg = replace(TINY, vit={"sub_images": True})
     assert from_dict(MM1Config, to_dict(cfg)) == cfg
     assert math.isqrt(cfg.connector.image_tokens) == cfg.connector.side
+
+
+def test_records_are_atomic_and_readable_like_any_new_file(tmp_path):
+    import os
+    import stat
+
+    from mm1model import records
+
+    records.write_json(tmp_path / "r.json", {"loss": float("nan"), "lr": 1e-3})
+    assert records.read_json(tmp_path / "r.json") == {"loss": None, "lr": 1e-3}  # NaN is stored as null
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
