@@ -392,6 +392,59 @@ def doc_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]  # (B, 1, T, T)
 
 
+# Below this length the dense mask's single kernel call beats one call per document on CPU
+# (1M size, real packed rows: dense 6% faster at 128-256 tokens; per document 15% / 36% / 82%
+# faster at 512 / 1024 / 2048, `python -m mm1model.bench --compare`).
+PER_DOCUMENT_MIN_LEN = 512
+
+Spans = list[list[tuple[int, int]]]  # per row, the [start, end) token ranges of its documents
+
+
+def document_spans(doc_ids: torch.Tensor) -> Spans | None:
+    """Per row, the [start, end) runs of equal document id; None when a row has the same id in
+    two separate runs (then "same document" is not a run, and only the dense mask says it)."""
+    b, t = doc_ids.shape
+    starts = doc_ids[:, 1:] != doc_ids[:, :-1]  # (B, T-1): a new document begins at t+1
+    ordered = doc_ids.sort(dim=1).values
+    runs = (starts.sum(dim=1) + 1).tolist()
+    distinct = ((ordered[:, 1:] != ordered[:, :-1]).sum(dim=1) + 1).tolist()
+    if runs != distinct:
+        return None
+    bounds: list[list[int]] = [[0] for _ in range(b)]
+    for row, col in torch.nonzero(starts).tolist():
+        bounds[row].append(col + 1)
+    return [list(zip(row, row[1:] + [t])) for row in bounds]
+
+
+def document_mask(doc_ids: torch.Tensor, spans_ok: bool = True) -> torch.Tensor | Spans | None:
+    """How :class:`Attention` keeps packed documents apart: None when every row is one document
+    (the fused causal kernel), per-document spans on CPU from PER_DOCUMENT_MIN_LEN tokens (one
+    causal kernel call per document skips the masked-out blocks the dense mask still computes),
+    else the dense boolean mask (on GPU: no host sync, and SDPA's masked kernels are fast).
+    ``spans_ok=False`` (compiled blocks, which would recompile for every new list of spans)
+    keeps the tensor forms only."""
+    if doc_ids.device.type != "cpu" or not spans_ok:
+        return doc_attention_mask(doc_ids)
+    spans = document_spans(doc_ids)
+    if spans is not None and all(len(row) == 1 for row in spans):
+        return None
+    if spans is not None and doc_ids.shape[1] >= PER_DOCUMENT_MIN_LEN:
+        return spans
+    return doc_attention_mask(doc_ids)
+
+
+def attend_spans(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: Spans, scale: float | None,
+                 gqa: bool) -> torch.Tensor:
+    """Causal SDPA within each document span of each row: (B, H, T, hd) -> (B, H, T, hd). Equal to
+    SDPA with the dense document mask (up to float rounding) when documents are runs."""
+    rows = []
+    for b, row in enumerate(spans):
+        parts = [F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e],
+                                                is_causal=True, scale=scale, enable_gqa=gqa) for s, e in row]
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))  # (1, H, T, hd)
+    return torch.cat(rows)
+
+
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary angles for each position id: cos and sin, each (B, 1, T, head_dim), float32."""
     inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
@@ -418,7 +471,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | Spans | None) -> torch.Tensor:
         b, t, _ = x.shape  # (B, T, C)
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
@@ -427,6 +480,8 @@ class Attention(nn.Module):
         gqa = self.kv_heads != self.n_heads
         if mask is None:  # one document per row: the fused causal path
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
+        elif isinstance(mask, list):  # document spans (see document_mask)
+            y = attend_spans(q, k, v, mask, self.scale, gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
@@ -458,7 +513,10 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | Spans | None) -> torch.Tensor:
+        if self.residual_mult == 1.0:  # the standard parametrization: no multiply, forward or backward
+            x = x + self.attention(self.attention_norm(x), cos, sin, mask)
+            return x + self.feed_forward(self.ffn_norm(x))  # (B, T, C)
         r = self.residual_mult
         x = x + r * self.attention(self.attention_norm(x), cos, sin, mask)
         return x + r * self.feed_forward(self.ffn_norm(x))  # (B, T, C)
@@ -483,7 +541,9 @@ class LM(nn.Module):
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = None if doc_ids is None else doc_attention_mask(doc_ids)
+        # a block compiled by parallelize() (Module.compile) must get tensors, not Python lists
+        compiled = getattr(self.blocks[0], "_compiled_call_impl", None) is not None
+        mask = None if doc_ids is None else document_mask(doc_ids, spans_ok=not compiled)
         for block in self.blocks:
             x = block(x, cos, sin, mask)
         x = self.norm(x)

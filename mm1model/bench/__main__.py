@@ -1,0 +1,5 @@
+import sys
+
+from mm1model.bench import main
+
+sys.exit(main())
