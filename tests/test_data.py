@@ -375,3 +375,8 @@ def test_emoji_captions_use_the_cldr_form():
     assert emoji_name(":woman_mage_dark_skin_tone:") == "woman mage: dark skin tone"
     assert emoji_name(":thumbs_up_medium-light_skin_tone:") == "thumbs up: medium-light skin tone"
     assert emoji_name(":1st_place_medal:") == "1st place medal"
+
+
+def test_an_image_longer_than_the_sequence_is_refused_not_a_hang(corpus):
+    with pytest.raises(ConfigError, match=r"an image takes 144 \+ 2 tokens, more than seq_len 128"):
+        PackedStream(DataConfig(corpus=corpus, seq_len=128, image_tokens=144))
