@@ -168,9 +168,11 @@ class PackedStream:
         if not 0 <= rank < world_size or not 0 <= worker < num_workers:
             raise ConfigError(f"bad shard: rank {rank} of {world_size}, worker {worker} of "
                               f"{num_workers}")
-        # An image is never split: one that cannot fit a whole sequence (its placeholders plus
-        # <img_start>, <img_end>) would leave every caption sequence empty, forever.
-        if config.max_images > 0 and config.tokens_per_image + 2 > config.seq_len:
+        # An image is never split: a caption pair whose image cannot fit a whole sequence (its
+        # placeholders plus <img_start>, <img_end>) would leave every caption sequence empty,
+        # forever. (Interleaved documents drop such an image and keep their text.)
+        if (config.max_images > 0 and config.mixture.caption > 0
+                and config.tokens_per_image + 2 > config.seq_len):
             raise ConfigError(f"an image takes {config.tokens_per_image} + 2 tokens, more than seq_len "
                               f"{config.seq_len}: raise seq_len, lower image_tokens, or set max_images = 0")
         self.config, self.split = config, split
