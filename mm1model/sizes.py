@@ -133,9 +133,11 @@ def size_names(family: str | None = "mm1") -> list[str]:
 
 def get_size(name: str) -> MM1Config:
     """The config of size ``name`` (any family); an unknown name raises ConfigError listing the
-    named sizes (`scaling sizes --size w32` and ``size_names(None)`` show the families)."""
+    named sizes, then the transfer families' sizes."""
     if name not in SIZES:
-        raise ConfigError(f"unknown size '{name}'; valid sizes: {', '.join(size_names())}")
+        families = [n for n in SIZES if _FAMILY_OF[n] != "mm1"]
+        raise ConfigError(f"unknown size '{name}'; valid sizes: {', '.join(size_names())} "
+                          f"(families: {', '.join(families)})")
     return SIZES[name]
 
 

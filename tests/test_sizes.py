@@ -79,7 +79,7 @@ def test_paper_encoders():
 
 
 def test_unknown_size():
-    with pytest.raises(ConfigError, match=r"unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, .*, 30B$"):
+    with pytest.raises(ConfigError, match=r"unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, .*, 30B \(families: w32, .*, d16\)$"):
         get_size("2M")
 
 
@@ -154,4 +154,5 @@ def test_cli_unknown_size_exits_2():
     result = CliRunner().invoke(main, ["sizes", "--size", "2M"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, 85M, 302M, 1.2B, 3B, 7B, 30B"]
+        "error: unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, 85M, 302M, 1.2B, 3B, 7B, 30B "
+        "(families: w32, w64, w128, w256, d2, d4, d8, d16)"]
