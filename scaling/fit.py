@@ -37,7 +37,7 @@ from mm1model import records
 N_CONVENTIONS = ("non_embedding", "total")
 FEATURES = {"params": ("ln_params",), "params,tokens": ("ln_params", "ln_tokens")}
 REQUIRED_COLUMNS = ("params", "lr", "loss")
-OPTIONAL_COLUMNS = ("size", "tokens", "batch_size", "seed", "status", "steps", "wall_s", "path")
+OPTIONAL_COLUMNS = ("size", "tokens", "batch_size", "seed", "status", "steps", "wall_s", "path", "parametrization")
 
 
 # --------------------------------------------------------------------------- the results object
@@ -595,6 +595,10 @@ def fit_runs(runs: pd.DataFrame, select: str = "parabola", features: str | Seque
     if bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
     runs = _clean(runs, Path("runs table"))  # diverged -> +inf, failed rows out, bad values refused
+    if "parametrization" in runs and runs["parametrization"].nunique() > 1:
+        mixed = ", ".join(sorted(map(str, runs["parametrization"].unique())))
+        raise ConfigError(f"the runs mix parametrizations ({mixed}): one law per parametrization; "
+                          "fit them one at a time (`scaling compare` sets them side by side)")
     optima, dropped, notes = select_optima(runs, select, feature_list, bootstrap, seed)
     if len(optima) < 2:
         dropped_note = f" ({len(dropped)} dropped: every run diverged)" if dropped else ""

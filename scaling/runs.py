@@ -18,7 +18,7 @@ from mm1model.config import ConfigError
 from scaling.cells import CellState, cell_state, read_attempts, read_result
 
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
-               "wall_s", "path")
+               "wall_s", "path", "parametrization")
 SETTLED = ("ok", "diverged", "failed")
 
 
@@ -51,6 +51,18 @@ def cell_dirs(sweep_dir: str | Path) -> list[Path]:
 
 def cell_states(sweep_dir: str | Path) -> list[CellState]:
     return [cell_state(p) for p in cell_dirs(sweep_dir)]
+
+
+def parametrization_label(model: dict) -> str:
+    """``sp``, or e.g. ``mup(base=w32)`` / ``completep(base=d2, alpha=0.5)``: the model overrides
+    that change where the optimal LR sits, so runs fitted as one law must share it."""
+    name = model.get("parametrization") or "sp"
+    if name == "sp":
+        return name
+    parts = [f"base={model.get('base_size')}"]
+    if name == "completep":
+        parts.append(f"alpha={float(model.get('alpha') or 1.0):g}")
+    return f"{name}({', '.join(parts)})"
 
 
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
@@ -86,6 +98,7 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
             "steps": int(result.get("steps") or train.get("steps") or 0),
             "wall_s": float(wall_s),
             "path": str(state.path.resolve()),
+            "parametrization": parametrization_label(train.get("model") or {}),
         })
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 

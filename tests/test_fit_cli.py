@@ -171,7 +171,7 @@ def test_bad_inputs_one_line_each_nothing_written(tmp_path):
     frame.drop(columns="loss").to_csv(tmp_path / "noloss.csv", index=False)
     assert _bad(tmp_path, tmp_path / "noloss.csv") == (
         f"error: {tmp_path / 'noloss.csv'} lacks column(s) loss; required: params, lr, loss "
-        "(optional: size, tokens, batch_size, seed, status, steps, wall_s, path)")
+        "(optional: size, tokens, batch_size, seed, status, steps, wall_s, path, parametrization)")
     frame.assign(lr=[1e-3, 0.0, 4e-3] * 2).to_csv(tmp_path / "zero.csv", index=False)
     assert _bad(tmp_path, tmp_path / "zero.csv") == f"error: {tmp_path / 'zero.csv'}: lr must be positive, got 0 (row 2)"
     frame.assign(params=[-1e5] * 3 + [1e6] * 3).to_csv(tmp_path / "neg.csv", index=False)
@@ -188,6 +188,10 @@ def test_bad_inputs_one_line_each_nothing_written(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no runs under" in _bad(tmp_path, tmp_path / "empty")
     assert "no input" in _bad(tmp_path)
+    frame.assign(parametrization=["sp"] * 3 + ["mup(base=w32)"] * 3).to_csv(tmp_path / "mixed.csv", index=False)
+    assert _bad(tmp_path, tmp_path / "mixed.csv") == (
+        "error: the runs mix parametrizations (mup(base=w32), sp): one law per parametrization; "
+        "fit them one at a time (`scaling compare` sets them side by side)")
     assert "unknown runs table format runs.txt" in _bad(tmp_path, good.rename(tmp_path / "runs.txt"))
 
 

@@ -126,6 +126,7 @@ def test_debug_sweep_divergence_status_collect(tmp_path, corpus):
     assert div.status == "diverged" and math.isnan(div.loss)
     assert rank_key("diverged", None) > rank_key("ok", ok.loss)
     assert ok.params == 97_600 and ok.tokens == 12 * 2 * 64 and ok.batch_size == 2 and ok.steps == 12
+    assert set(runs["parametrization"]) == {"sp"}
     # the CLI views: status counts and a CSV that reads back to the same table
     res = CliRunner().invoke(main, ["status", str(out)])
     assert res.exit_code == 0 and "100K     1    0    0    1    0     2   3.00e-03" in res.output
@@ -301,3 +302,13 @@ def test_parametrization_flags_reach_every_cell_and_are_checked_before_any_job(t
     plan = plan_sweep(load_sweep_config(None, sizes=("w32", "w64"), lrs=(1e-3,), steps=3,
                                         model={"parametrization": "mup", "base_size": "w32", "alpha": None}))
     assert plan.train["model"] == {"parametrization": "mup", "base_size": "w32"}
+
+
+def test_runs_table_labels_each_runs_parametrization():
+    from scaling.runs import parametrization_label
+
+    assert parametrization_label({}) == "sp"
+    assert parametrization_label({"parametrization": "mup", "base_size": "w32"}) == "mup(base=w32)"
+    assert parametrization_label({"parametrization": "completep", "base_size": "d2", "alpha": 0.5}) == \
+        "completep(base=d2, alpha=0.5)"
+    assert parametrization_label({"parametrization": "completep", "base_size": "d2"}) == "completep(base=d2, alpha=1)"
