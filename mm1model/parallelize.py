@@ -19,13 +19,16 @@ def transformer_blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
 
 
 def parallelize(model: nn.Module, *, device_type: str = "cpu", activation_checkpointing: bool = False,
-                compile: bool = False, bf16_params: bool | None = None) -> nn.Module:
+                compile: bool = False, compile_backend: str | None = None, bf16_params: bool | None = None,
+                fsdp: bool | None = None) -> nn.Module:
     """Apply AC, compile and FSDP2 to ``model`` (an MM1) in place, and return it.
 
-    FSDP2 is applied when a process group of more than one rank is initialised; the mesh is 1-D
-    over all ranks (pure data parallelism with sharded parameters, gradients and optimizer
-    state). ``bf16_params`` (default: on for CUDA) makes FSDP2 all-gather bf16 parameters and
-    reduce gradients in fp32; the sharded master weights stay fp32.
+    ``fsdp`` None (the trainer's default): FSDP2 when a process group of more than one rank is
+    initialised; True: also over a group of one (the benchmark measures the sharded code path on
+    one GPU). The mesh is 1-D over all ranks (pure data parallelism with sharded parameters,
+    gradients and optimizer state). ``bf16_params`` (default: on for CUDA) makes FSDP2
+    all-gather bf16 parameters and reduce gradients in fp32; the sharded master weights stay
+    fp32. ``compile_backend``: torch.compile's backend (default inductor).
     """
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -34,8 +37,14 @@ def parallelize(model: nn.Module, *, device_type: str = "cpu", activation_checkp
             blocks[i] = checkpoint_wrapper(blocks[i])
     if compile:
         for blocks, i in transformer_blocks(model):
-            blocks[i].compile()  # in place: parameter names (and checkpoints) stay unchanged
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # in place: parameter names (and checkpoints) stay unchanged
+            blocks[i].compile(**({"backend": compile_backend} if compile_backend else {}))
+    grouped = dist.is_available() and dist.is_initialized()
+    if fsdp is None:
+        fsdp = grouped and dist.get_world_size() > 1
+    if fsdp:
+        if not grouped:
+            raise RuntimeError("FSDP2 needs an initialised process group (torch.distributed.init_process_group)")
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -48,25 +48,6 @@ def synthetic_batch(batch_size: int, seq_len: int, tokens_per_image: int, image_
             "images": images, "source": torch.zeros(batch_size, dtype=torch.long)}
 
 
-def shard_single_process(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2 over a world of one: ``fully_shard`` each LM and ViT block, then the root, exactly as
-    :func:`mm1model.parallelize.parallelize` does for several ranks (bf16 parameters and fp32
-    gradient reduction on CUDA), so one GPU measures the sharded code path a cluster runs. Needs
-    an initialised process group."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from mm1model.parallelize import transformer_blocks
-
-    mesh = init_device_mesh(device.type, (1,))
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if device.type == "cuda" else MixedPrecisionPolicy())
-    for blocks, i in transformer_blocks(model):
-        fully_shard(blocks[i], mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
-    return model
-
-
 def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | None = None,
           steps: int = 5, warmup: int = 2, threads: int | None = None, images_per_seq: int | None = None,
           peak_flops: float | None = None, device: str | None = None, compile: bool = False,
@@ -83,7 +64,7 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
     import torch.distributed as dist
 
     from mm1model.counting import flops_per_token, image_flops, param_counts
-    from mm1model.parallelize import transformer_blocks
+    from mm1model.parallelize import parallelize
     from mm1model.train import TrainConfig, build_model, init_distributed, peak_flops_per_s, resolve
 
     if steps < 1 or warmup < 0:
@@ -100,8 +81,8 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     single_fsdp = fsdp and ddp.world_size == 1
-    # With several ranks the trainer compiles then shards (parallelize); in one process this
-    # function does both, in the same order, so that the compile backend can be chosen.
+    # With several ranks build_model's parallelize compiles and shards; in one process the bench
+    # calls parallelize itself, to choose the compile backend and shard a world of one.
     own_compile = compile and ddp.world_size == 1
     if single_fsdp and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
@@ -111,11 +92,9 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
         owns_group = False
     try:
         net, mcfg = build_model(dataclasses.replace(config, compile=compile and not own_compile), dev)
-        if own_compile:
-            for blocks, i in transformer_blocks(net):
-                blocks[i].compile(backend=compile_backend)
-        if single_fsdp:
-            shard_single_process(net, dev)
+        if own_compile or single_fsdp:  # compile, then shard: the trainer's order
+            parallelize(net, device_type=dev.type, compile=own_compile, compile_backend=compile_backend,
+                        fsdp=single_fsdp)
         # measured, not assumed: the parameters are DTensors exactly when FSDP2 sharded the model
         sharded = any(hasattr(p, "full_tensor") for p in net.parameters())
         out = _time_steps(net, mcfg, config, dev, ddp, batch_size, seq_len, micro_batch_size, steps, warmup,
