@@ -77,7 +77,7 @@ def _checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def _checkpoint_paths(run_dir: Path) -> list[Path]:
+def checkpoint_paths(run_dir: Path) -> list[Path]:
     """Checkpoint files, newest first (temporary files of an interrupted write excluded)."""
     return sorted(_checkpoint_dir(run_dir).glob("step_*.pt"), reverse=True)
 
@@ -116,7 +116,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         path = _checkpoint_dir(run_dir) / f"step_{state['step']:08d}.pt"
         records.save_torch(path, {"format": 1, **state, "model": model_sd, "optimizer": optim_sd,
                                   "lanes": lane_states, "rng": rng, "world_size": ddp.world_size})
-        for old in _checkpoint_paths(run_dir)[keep:]:
+        for old in checkpoint_paths(run_dir)[keep:]:
             old.unlink(missing_ok=True)
     if ddp.world_size > 1:
         dist.barrier()
@@ -124,7 +124,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The newest checkpoint that loads; a corrupt one is skipped with a RuntimeWarning."""
-    for path in _checkpoint_paths(run_dir):
+    for path in checkpoint_paths(run_dir):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
             if not isinstance(ckpt, dict) or "step" not in ckpt or "model" not in ckpt:

@@ -81,8 +81,10 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 
 def has_checkpoint(path: Path) -> bool:
-    ckpt = Path(path) / "checkpoints"
-    return ckpt.is_dir() and any(ckpt.iterdir())
+    """Whether the trainer would resume this cell (a temporary file of a torn write does not count)."""
+    from mm1model.checkpoint import checkpoint_paths
+
+    return bool(checkpoint_paths(Path(path)))
 
 
 # ------------------------------------------------------------------------------------ locks
