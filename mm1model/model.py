@@ -111,7 +111,8 @@ class LMConfig:
     Forward multipliers (all neutral by default, i.e. standard parametrization; muP and
     CompleteP set them, see :mod:`mm1model.parametrization`): ``attn_scale`` multiplies q.k
     (None = 1/sqrt(head_dim)); ``readout_mult`` multiplies the final normed hidden state before
-    the output head; ``residual_mult`` multiplies every residual branch, x + r F(x)."""
+    the output head; ``residual_mult`` multiplies every residual branch, x + r F(x);
+    ``input_mult`` multiplies the LM's input (token embeddings and image tokens alike)."""
 
     d_model: int = 2048
     n_layers: int = 24
@@ -127,6 +128,7 @@ class LMConfig:
     attn_scale: float | None = None
     readout_mult: float = 1.0
     residual_mult: float = 1.0
+    input_mult: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("lm", d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -143,7 +145,7 @@ class LMConfig:
             raise ConfigError(f"lm.vocab_size {self.vocab_size} must include the special tokens")
         if self.z_loss < 0:
             raise ConfigError(f"lm.z_loss must be >= 0, got {self.z_loss}")
-        for key in ("attn_scale", "readout_mult", "residual_mult"):
+        for key in ("attn_scale", "readout_mult", "residual_mult", "input_mult"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ConfigError(f"lm.{key} must be a positive number, got {value!r}")
@@ -168,7 +170,7 @@ class MM1Config:
     depth transfer), relative to the size named ``base_size`` (required for mup / completep,
     ignored by sp); ``alpha`` is CompleteP's depth exponent (1 = CompleteP, 0.5 = Depth-muP).
     For mup / completep the LM's forward multipliers (``lm.attn_scale``, ``lm.readout_mult``,
-    ``lm.residual_mult``) are set here from the rule, so every way of building a config (a size,
+    ``lm.residual_mult``, ``lm.input_mult``) are set here from the rule, so every way of building a config (a size,
     a JSON round-trip, overrides) gives the same model; setting one of them to another value
     is an error. Init and optimizer rules: :mod:`mm1model.parametrization`."""
 
@@ -544,6 +546,8 @@ class LM(nn.Module):
         # a block compiled by parallelize() (Module.compile) must get tensors, not Python lists
         compiled = getattr(self.blocks[0], "_compiled_call_impl", None) is not None
         mask = None if doc_ids is None else document_mask(doc_ids, spans_ok=not compiled)
+        if self.cfg.input_mult != 1.0:  # muP's input multiplier (see mm1model.parametrization)
+            x = x * self.cfg.input_mult
         for block in self.blocks:
             x = block(x, cos, sin, mask)
         x = self.norm(x)

@@ -18,8 +18,10 @@ width) and their rules:
 
 * hidden, both dims grow (LM block matrices, the connector's d x d layer): init sigma/sqrt(m)
   (query 0; residual output projections GPT-2's sigma/sqrt(2 L), with L_base under
-  completep), LR eta/m, weight decay lambda m, eps unchanged; inside an LM block under
-  completep, LR eta m_L^(alpha-1)/m and eps/(m m_L^alpha).
+  completep), LR eta/m, weight decay lambda m, eps/m (the gradients of a hidden matrix shrink
+  like 1/m, so a fixed eps would swallow a growing share of the update: Everett et al.
+  2407.05872; CompleteP's rule, used by both); inside an LM block under completep, LR
+  eta m_L^(alpha-1)/m and eps/(m m_L^alpha).
 * input, only fan-out grows (token embedding, the connector's projection into the LM): init
   sigma, LR eta, decay as SP (none on embeddings), eps unchanged.
 * readout, only fan-in grows (an untied LM head): init 0, LR eta, decay lambda.
@@ -29,7 +31,8 @@ width) and their rules:
 
 Forward multipliers (set on ``LMConfig`` by :func:`forward_multipliers`): readout input x 1/m;
 attention scale sqrt(base head_dim)/head_dim (so 1/d_head scaling that equals SP's
-1/sqrt(d_head) at the base); residual branches x m_L^-alpha (completep only).
+1/sqrt(d_head) at the base); residual branches x m_L^-alpha (completep only); the LM's input
+x ``INPUT_MULT`` = 10 at every size (see there why).
 
 Which dims "grow" is read by comparing each parameter's shape in the base size with the base
 at twice the width, as ``mup.set_base_shapes`` compares shapes, so the rules never depend on
@@ -62,6 +65,15 @@ from mm1model.config import ConfigError
 from mm1model.model import MM1, MM1Config
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
+
+# The input multiplier of mup / completep: the LM's input (token embeddings, image tokens) x 10,
+# Cerebras-GPT's tuned muP value (nanoGPT-mup's mup_input_alpha), the same at every size, so it
+# does not break width transfer. Why not 1: the depth limit behind CompleteP assumes the
+# embedding stream is of the same order as the sum of the blocks' contributions; with
+# sigma = 0.02 embeddings (coordinates ~0.017) and branch outputs ~0.07, one block at the base
+# depth overwrites the stream while eight blocks at 1/4 each do not, and the depth coordinate
+# check over d2/d4/d8 fails (max |slope| 0.31 at 1; 0.10 at 10, measured with 8 seeds).
+INPUT_MULT = 10.0
 KINDS = ("hidden", "input", "readout", "vector", "fixed")
 
 # Wrappers that parallelize.py may put around a block insert these into parameter names.
@@ -120,7 +132,7 @@ def multipliers(config: MM1Config) -> tuple[float, float]:
 
 def forward_multipliers(config: MM1Config) -> dict[str, float]:
     """The LMConfig fields a parametrization sets: ``attn_scale``, ``readout_mult``,
-    ``residual_mult`` (see the module table). Validates the parametrization, base and alpha."""
+    ``residual_mult``, ``input_mult`` (see the module table). Validates the parametrization, base and alpha."""
     if config.parametrization not in PARAMETRIZATIONS:
         raise ConfigError(f"unknown parametrization '{config.parametrization}'; "
                           f"valid: {', '.join(PARAMETRIZATIONS)}")
@@ -133,7 +145,8 @@ def forward_multipliers(config: MM1Config) -> dict[str, float]:
     alpha = config.alpha if config.parametrization == "completep" else 0.0
     return {"attn_scale": math.sqrt(base.lm.head_dim) / config.lm.head_dim,
             "readout_mult": 1.0 / m,
-            "residual_mult": m_depth ** -alpha}
+            "residual_mult": m_depth ** -alpha,
+            "input_mult": INPUT_MULT}
 
 
 @functools.lru_cache(maxsize=32)
@@ -198,7 +211,7 @@ def param_rules(model: nn.Module, config: MM1Config | None = None) -> dict[str, 
         depth_eps = m_depth ** -alpha if completep and in_block else 1.0
         lr_mult, wd_mult, eps_mult, init_std = 1.0, 1.0, 1.0, None
         if kind == "hidden":
-            lr_mult, wd_mult, eps_mult = depth_lr / m, m, depth_eps / m if completep else 1.0
+            lr_mult, wd_mult, eps_mult = depth_lr / m, m, depth_eps / m
             std = sigma
             if canonical.endswith(_RESIDUAL_OUT) and in_block:
                 # GPT-2's 1/sqrt(2L) residual init; CompleteP moves the depth part into the branch

@@ -17,11 +17,13 @@ from scaling.coord_check import THRESHOLD, CoordCheckConfig, coord_check, plot_c
 @click.option("--parametrization", "parametrization", type=click.Choice(["sp", "mup", "completep"]), default="mup",
               show_default=True)
 @click.option("--base-size", default=None, help="Base size of mup / completep (default: the smallest of --sizes).")
-@click.option("--alpha", type=float, default=1.0, show_default=True, help="CompleteP depth exponent (0.5 = Depth-muP).")
-@click.option("--steps", type=int, default=3, show_default=True,
+@click.option("--alpha", type=float, default=CoordCheckConfig.alpha, show_default=True,
+              help="CompleteP depth exponent (0.5 = Depth-muP).")
+@click.option("--steps", type=int, default=CoordCheckConfig.steps, show_default=True,
               help="AdamW steps; activations at each step's forward.")
-@click.option("--seeds", type=int, default=8, show_default=True, help="Model seeds averaged per size.")
-@click.option("--lr", type=float, default=1e-2, show_default=True, help="AdamW LR of every step.")
+@click.option("--seeds", type=int, default=CoordCheckConfig.seeds, show_default=True,
+              help="Model seeds averaged per size.")
+@click.option("--lr", type=float, default=CoordCheckConfig.lr, show_default=True, help="AdamW LR of every step.")
 @click.option("--threshold", type=float, default=THRESHOLD, show_default=True, help="Largest |slope| that passes.")
 @click.option("--corpus", default=None, help="Corpus directory (default: the prepared one), or 'synthetic'.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
