@@ -72,7 +72,9 @@ class SweepConfig:
     """A learning-rate sweep. LRs are peak LRs; ``span`` is in decades (log10) each side.
 
     Grid per size, first that applies: ``lrs_by_size[size]``, ``lrs`` (the same for every
-    size), else ``points`` log-spaced LRs centred on ``center_factor * mm1_lr(N)``.
+    size), else ``points`` log-spaced LRs centred on ``center_factor * mm1_lr(N)``. Seeds per
+    (size, lr): ``seeds_by_size[size]``, else ``seeds`` (more seeds where the seed spread is
+    needed, e.g. a held-out size, without paying for them at every size).
     Budget: ``steps`` or ``tokens`` (tokens -> steps = ceil(tokens / (batch_size * seq_len))),
     else the trainer's default steps. Warmup is ``warmup_fraction`` of the steps and the cosine
     decays over all steps, unless ``train`` sets ``warmup_steps``/``decay_steps``.
@@ -86,6 +88,7 @@ class SweepConfig:
     lrs_by_size: dict[str, Any] = dataclasses.field(default_factory=dict)
     center_factor: float = 1.0
     seeds: int = 1
+    seeds_by_size: dict[str, int] = dataclasses.field(default_factory=dict)
     steps: int | None = None
     tokens: int | None = None
     warmup_fraction: float = 0.1
@@ -147,6 +150,7 @@ class SizePlan:
     params: int
     mm1_lr: float
     lrs: tuple[float, ...]
+    seeds: int
     steps: int
     tokens: int
     batch_size: int
@@ -161,13 +165,12 @@ class SweepPlan:
     config: SweepConfig
     out: Path
     sizes: tuple[SizePlan, ...]
-    seeds: tuple[int, ...]
     train: dict[str, Any]  # the TrainConfig dict shared by every cell, minus size/lr/seed
     max_parallel: int
 
     @property
     def n_cells(self) -> int:
-        return sum(len(s.lrs) for s in self.sizes) * len(self.seeds)
+        return sum(len(s.lrs) * s.seeds for s in self.sizes)
 
     def cell_train(self, size: str, lr: float, seed: int) -> dict[str, Any]:
         return {**self.train, "size": size, "lr": lr, "seed": seed}
@@ -228,8 +231,9 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
         raise ConfigError("no sizes: give --sizes (e.g. --sizes 100K,300K) or sizes in the sweep file")
     if config.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {config.executor!r}; valid: {', '.join(EXECUTORS)}")
-    if config.seeds < 1:
-        raise ConfigError(f"seeds must be >= 1, got {config.seeds}")
+    for size, seeds in {"": config.seeds, **config.seeds_by_size}.items():
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"seeds{'_by_size.' + size if size else ''} must be an integer >= 1, got {seeds!r}")
     if config.steps is not None and config.tokens is not None:
         raise ConfigError("give steps or tokens, not both")
     for key in ("steps", "tokens"):
@@ -243,9 +247,10 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     bad = sorted(set(config.train) & set(_CELL_KEYS))
     if bad:
         raise ConfigError(f"[train] may not set {', '.join(bad)}: the sweep sets them per cell")
-    unknown_sizes = sorted(set(config.lrs_by_size) - set(config.sizes))
-    if unknown_sizes:
-        raise ConfigError(f"lrs_by_size names sizes not in the sweep: {', '.join(unknown_sizes)}")
+    for key in ("lrs_by_size", "seeds_by_size"):
+        unknown_sizes = sorted(set(getattr(config, key)) - set(config.sizes))
+        if unknown_sizes:
+            raise ConfigError(f"{key} names sizes not in the sweep: {', '.join(unknown_sizes)}")
     models = {size: get_size(size) for size in config.sizes}  # unknown size -> ConfigError
 
     from mm1model.train import TrainConfig
@@ -294,12 +299,12 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
         params = param_counts(model).params
         flops = flops_per_token(model, seq_len) * tokens
         plans.append(SizePlan(size=size, params=params, mm1_lr=mm1_lr(params),
-                              lrs=_grid(config, size, params), steps=steps, tokens=tokens,
+                              lrs=_grid(config, size, params), seeds=config.seeds_by_size.get(size, config.seeds),
+                              steps=steps, tokens=tokens,
                               batch_size=batch_size, seq_len=seq_len, flops=flops))
     name = config.name or "sweep-" + "_".join(config.sizes)
     out = Path(config.out) if config.out else Path("runs") / name
-    return SweepPlan(config=config, out=out, sizes=tuple(plans), seeds=tuple(range(config.seeds)),
-                     train=train, max_parallel=max_parallel)
+    return SweepPlan(config=config, out=out, sizes=tuple(plans), train=train, max_parallel=max_parallel)
 
 
 def describe_plan(plan: SweepPlan) -> str:
@@ -309,8 +314,7 @@ def describe_plan(plan: SweepPlan) -> str:
              f"at most {plan.max_parallel} at once)"]
     first = plan.sizes[0]
     lines.append(f"budget per cell: {first.steps} steps x {first.batch_size} seqs x {first.seq_len} "
-                 f"tokens = {first.tokens:.3g} tokens, warmup {plan.train.get('warmup_steps')} steps, "
-                 f"{len(plan.seeds)} seed(s)")
+                 f"tokens = {first.tokens:.3g} tokens, warmup {plan.train.get('warmup_steps')} steps")
     if c.executor == "slurm":
         s = c.slurm
         lines.append(f"resources per job: {s.nodes} node(s) x {s.tasks_per_node} task(s), {s.gpus_per_node} GPU(s)/node, "
@@ -321,16 +325,22 @@ def describe_plan(plan: SweepPlan) -> str:
     for sp in plan.sizes:
         flops = f", {sp.flops:.3g} FLOPs/cell" if sp.flops else ""
         lines.append(f"{sp.size:>6}: N={sp.params:.4g}, MM1 eta(N)={sp.mm1_lr:.2e}, "
-                     f"{len(sp.lrs)} LRs x {len(plan.seeds)} seed(s){flops}")
+                     f"{len(sp.lrs)} LRs x {sp.seeds} seed(s){flops}")
         lines.append("        lr: " + " ".join(f"{lr:.2e}" for lr in sp.lrs))
     for sp in plan.sizes:
         for lr in sp.lrs:
-            for seed in plan.seeds:
+            for seed in range(sp.seeds):
                 lines.append(f"  cell {sp.size}/{cells.cell_name(lr, seed)}")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ sweep dir
+def size_seeds(meta: dict[str, Any], size: str) -> int:
+    """Seeds per LR of ``size`` in a sweep.json (one global count in sweeps made before
+    ``seeds_by_size``)."""
+    return meta["sizes"][size].get("seeds", meta.get("seeds", 1))
+
+
 def _meta_train_key(train: dict[str, Any]) -> dict[str, Any]:
     """The part of the shared train config that must match for cells to be comparable."""
     return {k: v for k, v in train.items() if k not in ("threads",)}
@@ -349,16 +359,17 @@ def _prepare_dir(plan: SweepPlan) -> dict[str, Any]:
     else:
         meta = {"created_at": time.time(), "train": plan.train, "sizes": {}, "extensions": []}
     meta["config"] = to_dict(plan.config)
-    meta["seeds"] = max(len(plan.seeds), meta.get("seeds", 0))
     for sp in plan.sizes:
         entry = meta["sizes"].setdefault(sp.size, {"lrs": [], "extended": []})
+        # a rerun may add seeds, never drop finished ones (older sweep.json: one global count)
+        seeds = max(sp.seeds, entry.get("seeds", meta.get("seeds", 0)))
         entry.update(params=sp.params, mm1_lr=sp.mm1_lr, steps=sp.steps, tokens=sp.tokens,
-                     batch_size=sp.batch_size, seq_len=sp.seq_len)
+                     batch_size=sp.batch_size, seq_len=sp.seq_len, seeds=seeds)
         entry["lrs"] = sorted(set(entry["lrs"]) | set(sp.lrs))
     records.write_json(path, meta)
     for size, entry in meta["sizes"].items():
         for lr in entry["lrs"] + entry["extended"]:
-            for seed in range(meta["seeds"]):
+            for seed in range(size_seeds(meta, size)):
                 cells.write_cell(plan.out / size / cells.cell_name(lr, seed), size, lr, seed,
                                  {**meta["train"], "size": size, "lr": lr, "seed": seed})
     return meta
@@ -544,7 +555,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], *, progress: bool, echo: Calla
         out = []
         for size, entry in meta["sizes"].items():
             for lr in sorted(set(entry["lrs"]) | set(entry["extended"])):
-                for seed in range(meta["seeds"]):
+                for seed in range(size_seeds(meta, size)):
                     out.append(plan.out / size / cells.cell_name(lr, seed))
         return out
 
@@ -590,7 +601,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], *, progress: bool, echo: Calla
                 meta["sizes"][size]["extended"].append(new)
                 meta["extensions"].append({"size": size, "lr": new, "reason": why, "at": time.time()})
                 records.write_json(plan.out / "sweep.json", meta)
-                for seed in range(meta["seeds"]):
+                for seed in range(size_seeds(meta, size)):
                     path = plan.out / size / cells.cell_name(new, seed)
                     cells.write_cell(path, size, new, seed, {**meta["train"], "size": size, "lr": new,
                                                              "seed": seed})

@@ -4,6 +4,7 @@ Every trainer run here is real (size 100K, a dozen steps of 2 x 64 tokens, 1 thr
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -312,3 +313,25 @@ def test_runs_table_labels_each_runs_parametrization():
     assert parametrization_label({"parametrization": "completep", "base_size": "d2", "alpha": 0.5}) == \
         "completep(base=d2, alpha=0.5)"
     assert parametrization_label({"parametrization": "completep", "base_size": "d2"}) == "completep(base=d2, alpha=1)"
+
+
+def test_seeds_by_size_adds_seeds_where_asked_and_a_rerun_keeps_them(tmp_path, corpus):
+    toml = tmp_path / "s.toml"
+    toml.write_text('sizes = ["100K", "300K"]\nlrs = [1e-3, 2e-3]\nseeds = 1\nsteps = 3\n[seeds_by_size]\n"300K" = 3\n')
+    plan = plan_sweep(load_sweep_config(toml))
+    assert [(s.size, s.seeds) for s in plan.sizes] == [("100K", 1), ("300K", 3)] and plan.n_cells == 2 + 6
+    for text, message in [('"7Q" = 2', "seeds_by_size names sizes not in the sweep: 7Q"),
+                          ('"300K" = 0', "seeds_by_size.300K must be an integer >= 1, got 0")]:
+        toml.write_text(f'sizes = ["100K", "300K"]\nsteps = 3\n[seeds_by_size]\n{text}\n')
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            plan_sweep(load_sweep_config(toml))
+    out = tmp_path / "sw"
+    config = SweepConfig(sizes=("100K",), lrs=(3e-3,), seeds_by_size={"100K": 2}, steps=4, executor="debug",
+                         max_extend=0, out=str(out), train=tiny_train(corpus))
+    run_sweep(config, progress=False, echo=lambda _: None)
+    assert sorted(collect_runs(out).seed) == [0, 1]
+    assert records.read_json(out / "sweep.json")["sizes"]["100K"]["seeds"] == 2
+    # the same sweep without the extra seed: nothing is dropped and nothing runs again
+    run_sweep(dataclasses.replace(config, seeds_by_size={}), progress=False, echo=lambda _: None)
+    assert sorted(collect_runs(out).seed) == [0, 1]
+    assert [len(starts(p)) for p in sorted(out.glob("100K/*"))] == [1, 1]
