@@ -9,8 +9,10 @@ and by *family* of their size (``width``: x = d_model; ``depth``: x = n_layers; 
 Per (label, family):
 
 * **optima**: the loss curve of each size (mean final validation loss over ok seeds per LR;
-  a diverged or failed run counts as +inf), its lr*, best loss and seed spread (std over seeds of
-  the loss at lr*; NaN with one seed).
+  a diverged or failed run counts as +inf), its lr* (by default the vertex of the parabola
+  through the best grid point and its neighbours in log LR, as `scaling fit` selects it, so a
+  factor-2 grid does not round every optimum to a whole octave), best loss and seed spread (std
+  over seeds of the loss at the best grid point; NaN with one seed).
 * **slope** of ln lr* against ln x with a 95% CI (statsmodels OLS): transfer works when it is
   near 0 (the note's bar: |slope| < 0.15).
 * **hold-out of the largest size**: the law fitted on the other sizes (ln lr* = a + b ln x,
@@ -47,6 +49,7 @@ class SizeOptimum:
     best_loss: float
     seed_spread: float
     curve: list[tuple[float, float]]  # (lr, mean loss; inf when no ok seed)
+    note: str | None = None  # why the selection fell back to the best grid point
 
 
 @dataclasses.dataclass
@@ -182,7 +185,9 @@ def single_parametrization(runs: pd.DataFrame) -> str:
     return labels[0] if labels else "sp"
 
 
-def _optimum(label: str, family: str, size: str, runs: pd.DataFrame) -> SizeOptimum | None:
+def _optimum(label: str, family: str, size: str, runs: pd.DataFrame, select: str) -> SizeOptimum | None:
+    from scaling.fit import select_curve
+
     curve = []
     for lr, group in runs.groupby("lr"):
         ok = group[(group["status"] == "ok") & group["loss"].notna()]["loss"]
@@ -190,11 +195,13 @@ def _optimum(label: str, family: str, size: str, runs: pd.DataFrame) -> SizeOpti
     finite = [(lr, loss) for lr, loss in curve if math.isfinite(loss)]
     if not finite:
         return None
-    lr_star, best = min(finite, key=lambda p: p[1])
-    at_best = runs[(runs["lr"] == lr_star) & (runs["status"] == "ok")]["loss"]
+    best_lr, best = min(finite, key=lambda p: p[1])
+    [log_lr_star], note = select_curve(np.log([lr for lr, _ in curve]), np.array([loss for _, loss in curve]), select)
+    at_best = runs[(runs["lr"] == best_lr) & (runs["status"] == "ok")]["loss"]
     spread = float(at_best.std(ddof=1)) if len(at_best) > 1 else math.nan
-    return SizeOptimum(label=label, family=family, size=size, x=float(runs["x"].iloc[0]), lr_star=lr_star,
-                       best_loss=best, seed_spread=spread, curve=curve)
+    return SizeOptimum(label=label, family=family, size=size, x=float(runs["x"].iloc[0]),
+                       lr_star=float(math.exp(log_lr_star)), best_loss=best, seed_spread=spread, curve=curve,
+                       note=note)
 
 
 def _regret(opt: SizeOptimum, lr: float) -> float:
@@ -222,15 +229,18 @@ def _slope(log_x: np.ndarray, log_y: np.ndarray) -> tuple[float, tuple[float, fl
     return float(fit.params[1]), (float(lo), float(hi)), fit
 
 
-def compare(sweep_dirs: list[str | Path]) -> CompareResult:
-    """Compare the parametrizations in ``sweep_dirs`` (see the module docstring)."""
+def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareResult:
+    """Compare the parametrizations in ``sweep_dirs`` (see the module docstring). ``select``:
+    how lr* is read off each loss curve, ``parabola`` or ``argmin`` (the best grid point)."""
+    if select not in ("parabola", "argmin"):
+        raise ConfigError(f"unknown select {select!r}; valid: parabola, argmin")
     runs = load_runs(sweep_dirs)
     optima, slopes, holdouts, penalties = [], [], [], []
     largest_best: dict[str, list[tuple[str, str, float]]] = {}
     for (label, family), group in runs.groupby(["label", "family"], sort=True):
         single_parametrization(group)
         order = group.groupby("size")["x"].first().sort_values()
-        per_size = [_optimum(label, family, size, group[group["size"] == size]) for size in order.index]
+        per_size = [_optimum(label, family, size, group[group["size"] == size], select) for size in order.index]
         held_out = order.index[-1]
         if per_size[-1] is None:
             n = int((group["size"] == held_out).sum())

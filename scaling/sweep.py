@@ -102,24 +102,67 @@ class SweepConfig:
     slurm: SlurmConfig = dataclasses.field(default_factory=SlurmConfig)
 
 
-def load_sweep_config(path: str | Path | None = None, *, model: dict[str, Any] | None = None,
-                      **overrides: Any) -> SweepConfig:
+def _read_sweep_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no sweep file {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"malformed TOML in {path}: {err}") from None
+    data.setdefault("name", path.stem)
+    return data
+
+
+def sweep_arms(path: str | Path) -> tuple[str, ...]:
+    """The arms a sweep file runs by default: its ``default_arms``, else every ``[arms.NAME]``
+    table in file order; () for a plain sweep file.
+
+    An arm is one sweep of a comparison (e.g. ``sweeps/transfer.toml``: SP and muP over widths,
+    SP and CompleteP over depths): the file's top level is what the arms share, each arm's
+    table adds or replaces keys (``train`` and ``train.model`` merge key by key), and arm NAME
+    of a sweep whose directory is OUT runs in OUT/NAME."""
+    data = _read_sweep_file(Path(path))
+    arms = tuple(data.get("arms") or ())
+    default = tuple(data.get("default_arms") or arms)
+    unknown = [a for a in default if a not in arms]
+    if unknown:
+        raise ConfigError(f"default_arms names no arm of {path}: {', '.join(unknown)}")
+    return default
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_sweep_config(path: str | Path | None = None, *, arm: str | None = None,
+                      model: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
     """A SweepConfig from a TOML file (optional) with ``overrides`` (flags) on top.
 
     Overrides that are None are ignored, so a CLI can pass every flag through. ``model`` entries
     (e.g. ``parametrization``, ``base_size``, ``alpha``) are merged into ``train.model``, the
-    trainer's overrides of every size's model config.
+    trainer's overrides of every size's model config. A file with arms (see :func:`sweep_arms`)
+    needs ``arm``; the flags then apply on top of that arm.
     """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"no sweep file {path}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"malformed TOML in {path}: {err}") from None
-        data.setdefault("name", path.stem)
+        data = _read_sweep_file(path)
+        arms = data.pop("arms", None) or {}
+        data.pop("default_arms", None)
+        if arm is None and arms:
+            raise ConfigError(f"{path} holds arms ({', '.join(arms)}): pick one")
+        if arm is not None:
+            if arm not in arms:
+                raise ConfigError(f"no arm {arm!r} in {path}; arms: {', '.join(arms) or 'none'}")
+            data = _merge(data, arms[arm])
+            data["name"] = f"{data['name']}-{arm}"
+            out = overrides.pop("out", None) or data.get("out") or str(Path("runs") / path.stem)
+            overrides["out"] = str(Path(out) / arm)
+    elif arm is not None:
+        raise ConfigError(f"arm {arm!r} needs a sweep file")
     given = {key: value for key, value in overrides.items() if value is not None}
     # a budget flag replaces the file's budget, whichever of steps/tokens the file used
     if ("steps" in given) != ("tokens" in given):

@@ -71,9 +71,9 @@ def sweeps(tmp_path_factory):
 
 
 def test_slopes_holdouts_and_penalty(sweeps):
-    result = compare(sweeps)
+    result = compare(sweeps, select="argmin")
     slopes = {(s.label, s.family): s for s in result.slopes}
-    # lr* sits on the grid points here, so each slope is exact up to the argmin
+    # lr* sits on the grid points here, so each slope is exact with the argmin
     assert slopes["sp", "width"].slope == pytest.approx(-1.0, abs=1e-9)
     assert slopes["mup", "width"].slope == pytest.approx(0.0, abs=1e-9)
     assert slopes["completep", "depth"].slope == pytest.approx(0.0, abs=1e-9)
@@ -96,6 +96,25 @@ def test_slopes_holdouts_and_penalty(sweeps):
     assert pen["completep", "depth"]["penalty"] == 0 and pen["completep", "depth"]["size"] == "d8"
 
 
+def test_parabola_finds_optima_between_grid_points(sweeps, tmp_path):
+    # noiseless quadratic curves whose lr* lies half an octave off the grid: the parabola's
+    # vertex recovers it exactly, the best grid point is half an octave out
+    star = {32: -6.5, 64: -7.0, 128: -7.5, 256: -8.0}
+    sweep = make_sweep(tmp_path / "s", WIDTHS, star.get, lambda d: 3.0, {}, noise=0.0)
+    parabola = {o.size: o for o in compare([sweep]).optima}
+    assert [math.log2(parabola[s].lr_star) for s in WIDTHS] == pytest.approx([-6.5, -7.0, -7.5, -8.0])
+    assert all(o.note is None for o in parabola.values())
+    [slope] = compare([sweep]).slopes
+    assert slope.slope == pytest.approx(-0.5) and slope.ci95[1] - slope.ci95[0] == pytest.approx(0.0, abs=1e-9)
+    argmin = {o.size: math.log2(o.lr_star) for o in compare([sweep], select="argmin").optima}
+    assert abs(argmin["w32"] + 6.5) == pytest.approx(0.5)
+    # on the noisy fixtures the parabola lands within a tenth of an octave of the truth
+    slopes = {(s.label, s.family): s.slope for s in compare(sweeps).slopes}
+    assert slopes["sp", "width"] == pytest.approx(-1.0, abs=0.1) and slopes["mup", "width"] == pytest.approx(0.0, abs=0.1)
+    with pytest.raises(ConfigError, match="^unknown select 'mean'; valid: parabola, argmin$"):
+        compare([sweep], select="mean")
+
+
 def test_regret_is_read_off_the_curve_between_grid_points(tmp_path):
     # log2 lr* = -6, -6, -7 at d = 32, 64, 128: the law (slope -1/2 in log2-log2) predicts
     # log2 lr = -6 1/3 - 1 = -7 1/3 at d = 256, whose lr* is 2^-8. Its curve is 0 at -8 and
@@ -111,7 +130,7 @@ def test_regret_is_read_off_the_curve_between_grid_points(tmp_path):
 
 def test_cli_prints_table_and_writes_figures(sweeps, tmp_path):
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(main, ["compare", *map(str, sweeps), "--out", str(out)])
+    result = CliRunner().invoke(main, ["compare", *map(str, sweeps), "--out", str(out), "--select", "argmin"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("slope of ln lr* vs ln x")

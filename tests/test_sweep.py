@@ -24,7 +24,7 @@ from mm1model.tokens import CORPUS_VOCAB_SIZE
 from scaling import cells
 from scaling.cli import main
 from scaling.runs import RUN_COLUMNS, collect_runs, rank_key, sweep_status
-from scaling.sweep import SweepConfig, load_sweep_config, mm1_lr, plan_sweep, run_sweep
+from scaling.sweep import SweepConfig, load_sweep_config, mm1_lr, plan_sweep, run_sweep, sweep_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +70,16 @@ def test_shipped_sweep_files_plan():
     mm1 = plan_sweep(load_sweep_config(ROOT / "sweeps" / "mm1.toml", executor="slurm"))
     assert [s.size for s in mm1.sizes] == ["9M", "85M", "302M", "1.2B"]
     assert mm1.n_cells == 28 and mm1.sizes[0].tokens == 5000 * 512 * 4096
+    transfer = ROOT / "sweeps" / "transfer.toml"
+    assert sweep_arms(transfer) == ("sp-width", "mup-width", "sp-depth", "completep-depth")
+    arms = {arm: plan_sweep(load_sweep_config(transfer, arm=arm, out="/tmp/x"))
+            for arm in (*sweep_arms(transfer), "depthmup-depth")}
+    assert {a: p.n_cells for a, p in arms.items()} == {"sp-width": 36, "mup-width": 36, "sp-depth": 30,
+                                                       "completep-depth": 30, "depthmup-depth": 30}
+    assert str(arms["mup-width"].out) == "/tmp/x/mup-width"
+    assert arms["mup-width"].train["model"] == {"parametrization": "mup", "base_size": "w32"}
+    assert arms["depthmup-depth"].train["model"]["alpha"] == 0.5 and arms["sp-depth"].train["model"] == {}
+    assert arms["sp-width"].train["steps"] == 100 and arms["completep-depth"].train["data"]["seq_len"] == 128
 
 
 def test_dry_run_lists_cells_and_resources_and_submits_nothing(tmp_path):
@@ -335,3 +345,44 @@ def test_seeds_by_size_adds_seeds_where_asked_and_a_rerun_keeps_them(tmp_path, c
     run_sweep(dataclasses.replace(config, seeds_by_size={}), progress=False, echo=lambda _: None)
     assert sorted(collect_runs(out).seed) == [0, 1]
     assert [len(starts(p)) for p in sorted(out.glob("100K/*"))] == [1, 1]
+
+
+def test_a_sweep_file_with_arms_runs_each_arm_in_its_own_directory(tmp_path, corpus):
+    toml = tmp_path / "arms.toml"
+    train = tiny_train(corpus)
+    toml.write_text(f"""default_arms = ["a", "b"]
+sizes = ["100K"]
+lrs = [3e-3]
+steps = 3
+executor = "debug"
+max_extend = 0
+[train]
+batch_size = {train["batch_size"]}
+[train.data]
+corpus = "{corpus}"
+seq_len = {train["data"]["seq_len"]}
+[arms.a]
+seeds = 2
+[arms.b]
+lrs = [1e-3]
+[arms.c]
+train.model = {{ parametrization = "completep" }}
+""")
+    out = tmp_path / "cmp"
+    runner = CliRunner()
+    res = runner.invoke(main, ["sweep", "--config", str(toml), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+    assert sorted(collect_runs(out / "a").seed) == [0, 1] and collect_runs(out / "b").lr.tolist() == [1e-3]
+    assert res.output.count(str(out / "a")) == 1 and res.output.count(str(out / "b")) == 1
+    # every chosen arm is planned before any runs: arm c's missing base size stops the command
+    for args, message in [(["--arms", "a,c"], "needs base_size"),
+                          (["--arms", "z"], "no arm 'z' in"),
+                          (["--no-wait"], "--no-wait starts one sweep")]:
+        res = runner.invoke(main, ["sweep", "--config", str(toml), "--out", str(tmp_path / "bad"), *args])
+        assert res.exit_code == 2 and res.output.startswith("error: ") and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    res = runner.invoke(main, ["sweep", "--sizes", "100K", "--arms", "a", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "--arms needs a sweep file with [arms.NAME] tables" in res.output
+    with pytest.raises(ConfigError, match="holds arms \\(a, b, c\\): pick one"):
+        load_sweep_config(toml)

@@ -14,10 +14,13 @@ from scaling.compare import compare, plot_lr_star, plot_regret
 @click.argument("sweep_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write compare.json, lr_star.png and regret.png here (default: print only).")
-def compare_command(sweep_dirs: tuple[str, ...], out: str | None) -> None:
+@click.option("--select", type=click.Choice(["parabola", "argmin"]), default="parabola", show_default=True,
+              help="lr* of a size: the parabola's vertex through the best grid point and its neighbours, "
+                   "or the best grid point.")
+def compare_command(sweep_dirs: tuple[str, ...], out: str | None, select: str) -> None:
     """Per parametrization: slope of ln lr* vs ln width / ln depth, hold-out predictions of the
     largest size (fitted law vs base LR reused) with regret, and the asymptotic penalty."""
-    result = compare(list(sweep_dirs))
+    result = compare(list(sweep_dirs), select=select)
     click.echo(result.table())
     if out:
         out_dir = Path(out)

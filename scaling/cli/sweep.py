@@ -38,34 +38,43 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--base-size", help="Base size of muP / CompleteP (e.g. w32).")
 @click.option("--alpha", type=float, help="CompleteP's depth exponent (1 CompleteP, 0.5 Depth-muP).")
 @click.option("--out", type=click.Path(file_okay=False), help="Sweep directory (default runs/<name>).")
+@click.option("--arms", help="For a sweep file with [arms.NAME] tables: the arms to run, comma-separated "
+                             "(default: all, one after another, each in OUT/NAME).")
 @click.option("--no-wait", is_flag=True, help="Start the sweep in the background and print its directory.")
 @click.option("--dry-run", is_flag=True, help="List cells, LRs and resources per job; submit nothing.")
 def sweep(sizes, config_path, lrs, points, span, seeds, steps, tokens, executor, max_parallel,
-          max_retries, parametrization, base_size, alpha, out, no_wait, dry_run) -> None:
-    """Run (or resume) a learning-rate grid: one trainer run per (size, lr, seed)."""
-    from scaling.sweep import describe_plan, load_sweep_config, plan_sweep, run_sweep
-
-    config = load_sweep_config(
-        config_path,
-        sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()) if sizes is not None else None,
-        lrs=_floats(lrs, "--lrs"), points=points, span=span, seeds=seeds, steps=steps, tokens=tokens,
-        executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out,
-        model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha})
-    plan = plan_sweep(config)
-    if dry_run:
-        click.echo(describe_plan(plan))
-        return
-    result = run_sweep(plan, wait=not no_wait, echo=click.echo)
-    if no_wait:
-        click.echo(str(result.dir))
-        return
+          max_retries, parametrization, base_size, alpha, out, arms, no_wait, dry_run) -> None:
+    """Run (or resume) a learning-rate grid: one trainer run per (size, lr, seed). A sweep file
+    with arms runs each arm as its own sweep, in OUT/ARM."""
     from scaling.runs import format_status
+    from scaling.sweep import describe_plan, load_sweep_config, plan_sweep, run_sweep, sweep_arms
 
-    click.echo(format_status(result.status))
-    click.echo(str(result.dir))
-    if result.gave_up:
-        raise click.ClickException(f"{len(result.gave_up)} cell(s) failed after all retries; "
-                                   f"see attempts.json in each (first: {result.gave_up[0]})")
+    available = sweep_arms(config_path) if config_path else ()
+    chosen = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else available
+    if arms and not available:
+        raise ConfigError(f"--arms needs a sweep file with [arms.NAME] tables; {config_path or 'no file'} has none")
+    if len(chosen) > 1 and no_wait:
+        raise ConfigError("--no-wait starts one sweep; a file's arms run one after another: drop --no-wait "
+                          "or pick one arm with --arms")
+    flags = dict(sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()) if sizes is not None else None,
+                 lrs=_floats(lrs, "--lrs"), points=points, span=span, seeds=seeds, steps=steps, tokens=tokens,
+                 executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out,
+                 model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha})
+    # every arm is planned (and so checked) before the first one starts
+    plans = [plan_sweep(load_sweep_config(config_path, arm=arm, **flags)) for arm in chosen or (None,)]
+    failed = []
+    for plan in plans:
+        if dry_run:
+            click.echo(describe_plan(plan))
+            continue
+        result = run_sweep(plan, wait=not no_wait, echo=click.echo)
+        if not no_wait:
+            click.echo(format_status(result.status))
+        click.echo(str(result.dir))
+        failed += result.gave_up
+    if failed:
+        raise click.ClickException(f"{len(failed)} cell(s) failed after all retries; "
+                                   f"see attempts.json in each (first: {failed[0]})")
 
 
 @main.command()
