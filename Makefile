@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup corpus demo figures test slurm-up slurm-down clean
+.PHONY: setup corpus demo figures transfer test slurm-up slurm-down clean
 
 DEMO := runs/demo
+TRANSFER := runs/transfer
 
 # The CPU build of torch 2.13.0 lies on this machine's disk; installing it first keeps pip
 # from resolving `torch>=2.6` to a multi-GB CUDA build.
@@ -37,6 +38,14 @@ demo: corpus
 figures: setup
 	$(BIN)/scaling fit $(DEMO) --reference mm1 --out $(DEMO)/fit
 	cp $(DEMO)/fit/loss_vs_lr.png $(DEMO)/fit/loss_vs_lr.svg $(DEMO)/fit/lr_law.png $(DEMO)/fit/lr_law.svg figures/
+
+# The two roads to a large model's LR side by side (about 20 minutes on 2 cores): the coordinate
+# checks gate the parametrizations, then sweeps/transfer.toml's four arms, then the comparison.
+transfer: corpus
+	$(BIN)/scaling coord-check --sizes w32,w64,w128,w256 --parametrization mup --out $(TRANSFER)/coord/mup-width
+	$(BIN)/scaling coord-check --sizes d2,d4,d8 --parametrization completep --out $(TRANSFER)/coord/completep-depth
+	$(BIN)/scaling sweep --config sweeps/transfer.toml --out $(TRANSFER)
+	$(BIN)/scaling compare $(TRANSFER)/*-width $(TRANSFER)/*-depth --out $(TRANSFER)/compare
 
 # The SLURM tests need the single-node cluster; the script installs and starts it where it can
 # (root and apt). Without it the SLURM tests skip, except with CI=true where they fail.
