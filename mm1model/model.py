@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm1model.config import ConfigError
+from mm1model.loss import linear_cross_entropy
 from mm1model.tokens import IGNORE_INDEX, IMAGE_ID
 
 CONNECTOR_KINDS = ("c_abstractor", "avg_pool", "attention_pool")
@@ -542,6 +543,10 @@ class LM(nn.Module):
         return self.tok_embeddings(input_ids)  # (B, T, C)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.features(x, position_ids, doc_ids))  # (B, T, V)
+
+    def features(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        """The output head's input (B, T, C): the blocks, the final norm, the readout multiplier."""
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
         # a block compiled by parallelize() (Module.compile) must get tensors, not Python lists
         compiled = getattr(self.blocks[0], "_compiled_call_impl", None) is not None
@@ -553,7 +558,7 @@ class LM(nn.Module):
         x = self.norm(x)
         if self.cfg.readout_mult != 1.0:  # muP's readout: the multiplier on the head's input (MuReadout)
             x = x * self.cfg.readout_mult
-        return self.output(x)  # (B, T, V)
+        return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,10 +566,11 @@ class LM(nn.Module):
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class MM1Output:
-    """``logits`` (B, T, V); ``loss`` = ``ce_loss`` + ``z_loss`` (scalars, None without labels).
-    ``ce_loss`` is the mean cross-entropy (nats) over labels != IGNORE_INDEX."""
+    """``logits`` (B, T, V), None when the loss was computed without them; ``loss`` = ``ce_loss``
+    + ``z_loss`` (scalars, None without labels). ``ce_loss`` is the mean cross-entropy (nats) over
+    labels != IGNORE_INDEX."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     ce_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
@@ -579,7 +585,9 @@ class MM1(nn.Module):
     ``config.tokens_per_image`` placeholders, in row-major (b, t) order; resolutions may differ.
     ``labels`` (B, T) are already shifted (the label at t is token t+1), IGNORE_INDEX where no
     loss is taken. ``doc_ids`` (B, T) restrict attention to the same document; ``position_ids``
-    (B, T) restart at 0 per document. None means one document with positions 0..T-1.
+    (B, T) restart at 0 per document. None means one document with positions 0..T-1. With
+    ``labels`` the loss comes from the fused chunked head (:mod:`mm1model.loss`) and ``logits`` is
+    None, unless ``return_logits``; without labels the logits are returned.
     """
 
     def __init__(self, config: MM1Config):
@@ -651,7 +659,7 @@ class MM1(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None,
                 labels: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> MM1Output:
+                position_ids: torch.Tensor | None = None, return_logits: bool = False) -> MM1Output:
         b, t = input_ids.shape
         x = self.lm.embed(input_ids)  # (B, T, C)
         placeholders = input_ids == IMAGE_ID  # (B, T)
@@ -672,10 +680,14 @@ class MM1(nn.Module):
             x = x + 0.0 * self.image_features([blank]).sum()
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
-        logits = self.lm(x, position_ids, doc_ids)  # (B, T, V)
         if labels is None:
-            return MM1Output(logits=logits)
-        return MM1Output(logits, *lm_loss(logits, labels, self.config.lm.z_loss))
+            return MM1Output(logits=self.lm(x, position_ids, doc_ids))  # (B, T, V)
+        features = self.lm.features(x, position_ids, doc_ids)  # (B, T, C)
+        if return_logits:
+            logits = self.lm.output(features)
+            return MM1Output(logits, *lm_loss(logits, labels, self.config.lm.z_loss))
+        # Training: the head and its loss in one chunked pass, no (B, T, V) logits (mm1model.loss).
+        return MM1Output(None, *linear_cross_entropy(features, self.lm.output.weight, labels, self.config.lm.z_loss))
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor,

@@ -172,8 +172,9 @@ def _activations(model: MM1, axis: str, batches: list[dict[str, Any]], lr: float
         for batch in batches:
             current.clear()
             optimizer.zero_grad(set_to_none=True)
-            out = model(batch["input_ids"], batch["images"], batch["labels"],
-                        doc_ids=batch.get("doc_ids"), position_ids=batch.get("position_ids"))
+            # return_logits: the head runs as a module, so its output (the logits) is recorded
+            out = model(batch["input_ids"], batch["images"], batch["labels"], doc_ids=batch.get("doc_ids"),
+                        position_ids=batch.get("position_ids"), return_logits=True)
             out.loss.backward()
             optimizer.step()
             steps.append({k: float(np.mean(v)) for k, v in current.items()})

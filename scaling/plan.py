@@ -15,13 +15,13 @@ Memory model (bytes per device; P = parameters, W = ranks, b = micro-batch, T = 
   reduce-scatter input. On one device with bf16 autocast, autocast caches a bf16 copy of every
   weight (2P) instead.
 * Activations saved for backward, counted tensor by tensor from ``mm1model.model`` (see
-  :func:`lm_layer_bytes`, :func:`image_bytes`, :func:`logits_bytes`). With activation
+  :func:`lm_layer_bytes`, :func:`image_bytes`, :func:`head_bytes`). With activation
   checkpointing only each block's input is kept, plus one block's activations while it is
   recomputed.
 
 On CPU (fp32, no autocast) this model was checked against the peak resident memory of a real
-training step (``tests/test_launch_memory.py``): 3M at 8 x 512 tokens, 820 MB estimated, 895 MB
-measured; per layer and per vocabulary row the slopes agree within 4%, and the gap is a constant
+training step (``tests/test_launch_memory.py``): 3M at 8 x 512 tokens, 565 MB estimated, 622 MB
+measured (820 and 895 MB before the fused head + loss); per layer the slopes agree within 4%, and the gap is a constant
 ~60 MB of runtime workspace the plan does not count. The GPU variant (bf16 autocast, norms in fp32,
 the document mask turned into a bf16 bias per attention call) follows the same count with the
 dtypes autocast uses; it has not been measured on a GPU here, so the plan keeps
@@ -194,19 +194,24 @@ def image_bytes(cfg: MM1Config, bf16: bool, checkpointing: bool = False) -> floa
     return crops * (vit_bytes + unit * connector)
 
 
-def logits_bytes(cfg: MM1Config, bf16: bool) -> float:
-    """Peak bytes of the output head and loss per position, at the start of backward.
+def head_bytes(cfg: MM1Config, bf16: bool) -> tuple[float, float]:
+    """(bytes per position, fixed bytes) of the output head and its loss at their peak, the end
+    of the fused forward (:mod:`mm1model.loss`): no V-wide tensor per position.
 
-    fp32: the logits (held by the output), log-softmax's saved output, its gradient and the
-    logits' gradient: 4 V-wide fp32 tensors; a z-loss adds logsumexp's gradient and the summed
-    gradient (2 more). bf16: bf16 logits and their gradient (2 x 2V) plus the fp32 tensors
-    above (3 x 4V; the fp32 copy of the logits is saved only with a z-loss: +2 x 4V).
+    Per position: the head's input (fp32: the final norm runs in fp32), the copy of its labelled
+    rows and their saved gradient, 3 x 4d. Fixed: the head's fp32 gradient accumulator (4Vd;
+    with bf16 also the weight's bf16 copy and the saved bf16 gradient, 2 x 2Vd) and one chunk's
+    logits (fp32, plus the bf16 matmul output and its bf16 gradient copy with bf16).
     """
-    v = cfg.lm.vocab_size
-    z = cfg.lm.z_loss > 0
+    import torch
+
+    from mm1model.loss import chunk_rows
+
+    v, d = cfg.lm.vocab_size, cfg.lm.d_model
+    rows = chunk_rows(v, torch.device("cuda" if bf16 else "cpu"))
     if bf16:
-        return v * (2 * 2 + 4 * 3 + (8 if z else 0)) + 4 * cfg.lm.d_model
-    return v * 4 * (4 + (2 if z else 0)) + 4 * cfg.lm.d_model
+        return 12.0 * d, 4.0 * v * d + 2 * 2.0 * v * d + rows * v * (4 + 2 * 2)
+    return 12.0 * d, 4.0 * v * d + rows * v * 4
 
 
 @dataclass
@@ -275,7 +280,9 @@ def memory_estimate(cfg: MM1Config, *, micro_batch_size: int, seq_len: int, imag
     else:
         lm_act = cfg.lm.n_layers * layer
     images = max(1, b * images_per_sequence)
-    activations = (b * t * (lm_act + logits_bytes(cfg, bf16) + unit * cfg.lm.d_model)  # + embeddings out
+    head_per_position, head_fixed = head_bytes(cfg, bf16)
+    activations = (b * t * (lm_act + head_per_position + unit * cfg.lm.d_model)  # + embeddings out
+                   + head_fixed
                    + images * image_bytes(cfg, bf16, activation_checkpointing)
                    + b * t * t)  # the boolean document mask (1 byte per element), shared by all layers
     return Memory(weights, gradients, optimizer, gathered, activations, micro_batch_size, activation_checkpointing)

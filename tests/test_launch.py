@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mm1model.config import ConfigError
 from scaling.cli import main
 from scaling.fit import FitResult
-from scaling.plan import PlanConfig, make_plan, memory_estimate, parse_time
+from scaling.plan import PlanConfig, head_bytes, make_plan, memory_estimate, parse_time
 from mm1model.sizes import get_size
 
 N_30B = 29_962_762_752  # the 30B entry's N (non-embedding), from mm1model.sizes
@@ -40,7 +40,7 @@ def test_30b_mm1_dry_run_prints_recipe_and_plan():
     assert "z-loss 0.0001 [paper]" in out
     assert "200,000 steps" in out
     assert "2 node(s) x 8 H100 = 16" in out
-    assert "memory/GPU 59.0 GB" in out
+    assert "memory/GPU 71.7 GB" in out
     assert "94,915 GPU-hours" in out
     assert "ntasks_per_node=8" in out and "gpus_per_node=8" in out
 
@@ -55,9 +55,9 @@ def test_30b_dry_run_json_has_the_issue_keys_with_pinned_values():
     assert plan["weight_decay"] == pytest.approx(0.1 * plan["peak_lr"])
     assert (plan["warmup_steps"], plan["steps"], plan["batch_size"], plan["seq_len"]) == (2000, 200_000, 512, 4096)
     assert plan["z_loss"] == 1e-4
-    assert (plan["nodes"], plan["gpus_per_node"], plan["micro_batch_size"]) == (2, 8, 2)
+    assert (plan["nodes"], plan["gpus_per_node"], plan["micro_batch_size"]) == (2, 8, 4)
     assert plan["activation_checkpointing"] is True
-    assert plan["memory_per_gpu_gb"] == pytest.approx(59.0, abs=0.05)
+    assert plan["memory_per_gpu_gb"] == pytest.approx(71.7, abs=0.05)
     assert plan["gpu_hours"] == pytest.approx(94_915, rel=1e-4)
     assert plan["origins"]["peak_lr"] == "paper"
     assert plan["plan"]["slurm"] == {"job_name": "mm1-30B", "nodes": 2, "ntasks_per_node": 8, "cpus_per_task": 8,
@@ -146,8 +146,8 @@ def test_parse_time_minutes():
 
 def test_plans_pinned():
     seven = make_plan(PlanConfig(size="7B"))
-    assert (seven.nodes, seven.world_size, seven.micro_batch_size, seven.grad_accum_steps) == (1, 8, 4, 16)
-    assert seven.activation_checkpointing and seven.memory_per_gpu_gb == pytest.approx(47.615, abs=1e-3)
+    assert (seven.nodes, seven.world_size, seven.micro_batch_size, seven.grad_accum_steps) == (1, 8, 8, 8)
+    assert seven.activation_checkpointing and seven.memory_per_gpu_gb == pytest.approx(62.525, abs=1e-3)
     assert seven.flops_per_step == pytest.approx(1.2819e17, rel=1e-4)
     h200 = make_plan(PlanConfig(size="30B", gpu="H200"))
     assert (h200.nodes, h200.gpus_per_node, h200.micro_batch_size) == (1, 8, 4)
@@ -161,7 +161,9 @@ def test_memory_components_scale_as_documented():
     one = memory_estimate(cfg, micro_batch_size=1, seq_len=4096, images_per_sequence=16, world_size=8)
     two = memory_estimate(cfg, micro_batch_size=2, seq_len=4096, images_per_sequence=16, world_size=8)
     wide = memory_estimate(cfg, micro_batch_size=1, seq_len=4096, images_per_sequence=16, world_size=16)
-    assert two.activations == pytest.approx(2 * one.activations)
+    # everything but the head's fixed buffers (its gradient accumulator, one chunk of logits) is per position
+    fixed = head_bytes(cfg, True)[1]
+    assert two.activations - fixed == pytest.approx(2 * (one.activations - fixed))
     assert wide.optimizer == pytest.approx(one.optimizer / 2) and wide.activations == one.activations
     ac = memory_estimate(cfg, micro_batch_size=1, seq_len=4096, images_per_sequence=16, world_size=8,
                          activation_checkpointing=True)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from mm1model.config import ConfigError, from_dict, replace, to_dict
 from mm1model.model import (MM1, ConnectorConfig, LMConfig, MM1Config, ViTConfig, decompose,
-                            doc_attention_mask, interpolate_pos_embed)
+                            doc_attention_mask, interpolate_pos_embed, lm_loss)
+from mm1model.loss import linear_cross_entropy
 from mm1model.sizes import get_size
 from mm1model.tokens import IGNORE_INDEX, IMAGE_ID
 
@@ -46,7 +47,7 @@ def test_forward_backward_two_resolutions():
     images = [torch.randn(3, 16, 16), torch.randn(3, 24, 32)]  # native and a larger, non-square one
     labels = torch.roll(ids, -1, 1).masked_fill(ids == IMAGE_ID, IGNORE_INDEX)
     out = model(ids, images, labels)
-    assert out.logits.shape == (2, 24, 64)
+    assert out.logits is None and model(ids, images, labels, return_logits=True).logits.shape == (2, 24, 64)
     out.loss.backward()
     assert model.vit.patch_embed.weight.grad.abs().sum() > 0
     assert model.connector.pos_embed.grad.abs().sum() > 0
@@ -202,7 +203,7 @@ def test_loss_is_masked_cross_entropy_plus_z_loss():
     ids = with_images(text(2, 16), [(0, 3)], cfg.tokens_per_image)
     labels = torch.roll(ids, -1, 1).masked_fill(ids == IMAGE_ID, IGNORE_INDEX)
     with torch.no_grad():
-        out = model(ids, [torch.randn(3, 16, 16)], labels)
+        out = model(ids, [torch.randn(3, 16, 16)], labels, return_logits=True)
         keep = labels != IGNORE_INDEX
         logits = out.logits[keep]
         ce = F.cross_entropy(logits, labels[keep])
@@ -256,3 +257,52 @@ def test_records_are_atomic_and_readable_like_any_new_file(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("z_coef, rows", [(0.0, 5), (1e-2, 7), (1e-2, None)])
+def test_fused_head_loss_equals_logits_then_cross_entropy(z_coef, rows):
+    """mm1model.loss: the chunked head + cross-entropy gives lm_loss's loss, ce and z, and the
+    same gradients for the hidden states (ignored rows: zero) and the head weight."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 11, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 40, (3, 11))
+    labels[0, :4] = IGNORE_INDEX
+    labels[2, -1] = IGNORE_INDEX
+    fused = linear_cross_entropy(hidden, weight, labels, z_coef, rows)
+    fused[0].backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    reference = lm_loss(F.linear(hidden, weight), labels, z_coef)
+    reference[0].backward()
+    for a, b in zip(fused, reference):
+        torch.testing.assert_close(a, b.float() if a.dtype == torch.float32 else b)
+    torch.testing.assert_close(got[0], hidden.grad)
+    torch.testing.assert_close(got[1], weight.grad)
+    assert got[0][0, :4].abs().max() == 0 and not fused[1].requires_grad
+
+
+def test_fused_head_loss_with_no_labelled_row_is_zero_and_still_backpropagates():
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(12, 8, requires_grad=True)
+    loss, ce, z = linear_cross_entropy(hidden, weight, torch.full((2, 5), IGNORE_INDEX), 1e-2)
+    loss.backward()
+    assert (loss.item(), ce.item(), z.item()) == (0.0, 0.0, 0.0)
+    assert hidden.grad.abs().max() == 0 and weight.grad.abs().max() == 0
+
+
+def test_model_loss_is_the_same_with_and_without_logits():
+    cfg = replace(TINY, lm={"z_loss": 1e-3})
+    model = build(cfg)
+    ids = with_images(text(2, 16), [(0, 3)], cfg.tokens_per_image)
+    labels = torch.roll(ids, -1, 1).masked_fill(ids == IMAGE_ID, IGNORE_INDEX)
+    image = [torch.randn(3, 16, 16)]
+    fused = model(ids, image, labels)
+    fused.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full = model(ids, image, labels, return_logits=True)
+    full.loss.backward()
+    torch.testing.assert_close(fused.loss, full.loss)
+    for a, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)

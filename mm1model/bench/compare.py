@@ -5,7 +5,8 @@ the machine's load hits both alike, and reports the median of each and their rat
 so that ratio > 1 means we win (throughputs: ours / reference; times: reference / ours).
 
 * ``lm_step/SIZE``: one training step (forward, cross-entropy, backward, global-norm clip,
-  AdamW) of our language model, the ``LM`` module of MM1 alone on a text-only batch, against
+  AdamW) of our language model, the ``LM`` module of MM1 alone on a text-only batch with the
+  trainer's fused head + loss (:mod:`mm1model.loss`), against
   Hugging Face ``transformers``' ``LlamaForCausalLM`` of the same shape (d_model, layers,
   heads, FFN width, vocabulary, tied head, RMSNorm eps, RoPE theta; SDPA attention, no KV
   cache), same batch, sequence length, dtype (fp32), thread count, optimizer and clipping.
@@ -141,7 +142,7 @@ def initialised_lm(mcfg, seed: int = 0) -> torch.nn.Module:
 
 def lm_contenders(size: str, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, Callable[[], None]]:
     """Training-step closures of our LM and of HF's Llama of the same shape on the same batch."""
-    from mm1model.model import lm_loss
+    from mm1model.loss import linear_cross_entropy
     from mm1model.sizes import get_size
 
     mcfg = get_size(size)
@@ -154,8 +155,9 @@ def lm_contenders(size: str, batch_size: int, seq_len: int, seed: int = 0) -> di
     labels[:, -1] = -100
     positions = torch.arange(seq_len).expand(batch_size, seq_len)
 
-    def ours_loss() -> torch.Tensor:
-        return lm_loss(ours(ours.embed(ids), positions, None), labels, cfg.z_loss)[0]
+    def ours_loss() -> torch.Tensor:  # as MM1.forward trains: the fused head + loss
+        return linear_cross_entropy(ours.features(ours.embed(ids), positions, None), ours.output.weight, labels,
+                                    cfg.z_loss)[0]
 
     def reference_loss() -> torch.Tensor:
         return reference(input_ids=ids, labels=ids).loss
@@ -167,13 +169,21 @@ def lm_contenders(size: str, batch_size: int, seq_len: int, seed: int = 0) -> di
 def compare_lm(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int = 5, calls: int = 3) -> Comparison:
     """``lm_step/SIZE``: our LM against ``LlamaForCausalLM`` (tokens/s, see the module docstring)."""
     load = _load()
-    contenders = lm_contenders(size, batch_size, seq_len)
-    for step in contenders.values():  # allocator and kernel warm-up, untimed
-        step()
-        step()
-    samples = alternate(contenders, repeats, calls)
+    # Denormals flushed for both: HF's own init leaves gradients small enough to go denormal
+    # after a few steps, which slows its CPU matmuls by up to 30% (measured at 100K); that is
+    # an artefact of the CPU, not of the model.
+    flushed = torch.set_flush_denormal(True)
+    try:
+        contenders = lm_contenders(size, batch_size, seq_len)
+        for step in contenders.values():  # allocator and kernel warm-up, untimed
+            step()
+            step()
+        samples = alternate(contenders, repeats, calls)
+    finally:
+        torch.set_flush_denormal(False)
     return _throughput(f"lm_step/{size}", samples["ours"], samples["reference"], batch_size * seq_len, "tokens/s",
                        1.0, {"ours_is": "mm1model.model.LM (text-only path), fp32",
+                             "flush_denormal": flushed,
                              "reference_is": "transformers.LlamaForCausalLM, sdpa, fp32",
                              "batch_size": batch_size, "seq_len": seq_len, "threads": torch.get_num_threads(),
                              "repeats": repeats, "calls": calls, "load_before": load, "load_after": _load()})
@@ -183,7 +193,7 @@ def compare_mm1(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int
     """``mm1_step/SIZE``: the trainer's full MM1 step with images against our LM step alone."""
     from mm1model.bench.step import synthetic_batch
     from mm1model.data import DataConfig
-    from mm1model.model import lm_loss
+    from mm1model.loss import linear_cross_entropy
     from mm1model.train import TrainConfig, build_model, clip_gradients, forward_backward, resolve
 
     load = _load()
@@ -208,8 +218,10 @@ def compare_mm1(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int
     text = batch["input_ids"].clamp(min=5)  # the same positions as plain text
     positions = torch.arange(seq_len).expand(batch_size, seq_len)
     labels = torch.roll(text, -1, dims=1)
-    contenders = {"ours": mm1_step,
-                  "reference": _step(lm, lm_opt, lambda: lm_loss(lm(lm.embed(text), positions, None), labels, 0.0)[0])}
+    def lm_loss() -> torch.Tensor:
+        return linear_cross_entropy(lm.features(lm.embed(text), positions, None), lm.output.weight, labels)[0]
+
+    contenders = {"ours": mm1_step, "reference": _step(lm, lm_opt, lm_loss)}
     for step in contenders.values():
         step()
     samples = alternate(contenders, repeats, calls)
