@@ -27,6 +27,9 @@ VIT_H14_378 = ViTConfig(image_size=378, patch_size=14, width=1280, n_layers=32, 
 # A tiny ViT for the CPU sizes: 32 px images in 8 px patches give a 4 x 4 grid, and two layers
 # of width 64 keep an image's cost far below its 16 tokens' share of the LM.
 VIT_TINY = ViTConfig(image_size=32, patch_size=8, width=64, n_layers=2, n_heads=4, mlp_dim=256)
+# CLIP ViT-B/16 at 224 px: the GPU transfer families' encoder, so that a 10M LM is not dwarfed
+# by a ViT-L (their comparison is about the LM's width and depth, not the encoder).
+VIT_B16_224 = ViTConfig(image_size=224, patch_size=16, width=768, n_layers=12, n_heads=12, mlp_dim=3072)
 
 # MM1's connector: C-Abstractor with 144 image tokens; hidden width 1024 and 3 blocks per
 # stage are Honeybee's defaults.
@@ -48,6 +51,12 @@ def _family(name: str, d_model: int, n_layers: int) -> MM1Config:
     return MM1Config(name=name, lm=lm, vit=VIT_TINY, connector=C_ABSTRACTOR_16, source=_FAMILY_SOURCE)
 
 
+def _gpu_family(name: str, d_model: int, n_layers: int) -> MM1Config:
+    lm = LMConfig(d_model=d_model, n_layers=n_layers, n_heads=d_model // 64, ffn_dim=3 * d_model,
+                  vocab_size=PAPER_VOCAB_SIZE, tie_embeddings=False)
+    return MM1Config(name=name, lm=lm, vit=VIT_B16_224, connector=C_ABSTRACTOR_144, source=_GPU_FAMILY_SOURCE)
+
+
 def _paper(name: str, vit: ViTConfig, source: str, **lm: float) -> MM1Config:
     return MM1Config(name=name, lm=LMConfig(vocab_size=PAPER_VOCAB_SIZE, tie_embeddings=False, **lm),
                      vit=vit, connector=C_ABSTRACTOR_144, source=source)
@@ -58,6 +67,10 @@ _CPU_FFN = ("nanoGPT-style small width and depth; SwiGLU ffn near 8/3-4 x d_mode
 
 _FAMILY_SOURCE = ("transfer family (muP / CompleteP comparison): 4 heads, SwiGLU ffn 3 x d_model so every "
                   "hidden fan-in grows by the same factor; untied head so muP can zero-initialise it")
+
+_GPU_FAMILY_SOURCE = ("GPU transfer family (sweeps/transfer-gpu.toml): heads of 64 (the head count grows, so "
+                      "muP's attention scale stays SP's 1/8), SwiGLU ffn 3 x d_model, untied head, the paper's "
+                      "vocabulary and connector, a ViT-B/16 encoder")
 
 SIZES: dict[str, MM1Config] = {
     # CPU sizes (train on one 2-core machine in seconds to minutes; N spans 31x).
@@ -109,16 +122,27 @@ SIZES: dict[str, MM1Config] = {
     "d4": _family("d4", 64, 4),
     "d8": _family("d8", 64, 8),
     "d16": _family("d16", 64, 16),
+    # The same comparison at GPU-cluster scale: gwD = d_model D at 12 layers, gdL = L layers at
+    # d_model 1024 (gw1024 = gd12). N = 10.2M / 40.9M / 163.6M / 654.3M and 81.8M / 163.6M /
+    # 327.2M / 654.3M (13 d^2 per layer).
+    "gw256": _gpu_family("gw256", 256, 12),
+    "gw512": _gpu_family("gw512", 512, 12),
+    "gw1024": _gpu_family("gw1024", 1024, 12),
+    "gw2048": _gpu_family("gw2048", 2048, 12),
+    "gd6": _gpu_family("gd6", 1024, 6),
+    "gd12": _gpu_family("gd12", 1024, 12),
+    "gd24": _gpu_family("gd24", 1024, 24),
+    "gd48": _gpu_family("gd48", 1024, 48),
 }
 
 FAMILIES = ("mm1", "width", "depth")
 _FAMILY_OF = {**{name: "mm1" for name in SIZES},
-              **{name: "width" for name in ("w32", "w64", "w128", "w256")},
-              **{name: "depth" for name in ("d2", "d4", "d8", "d16")}}
+              **{name: "width" for name in ("w32", "w64", "w128", "w256", "gw256", "gw512", "gw1024", "gw2048")},
+              **{name: "depth" for name in ("d2", "d4", "d8", "d16", "gd6", "gd12", "gd24", "gd48")}}
 
 
 def family_of(name: str) -> str:
-    """``mm1`` (the named sizes, N in the name), ``width`` (wD) or ``depth`` (dL)."""
+    """``mm1`` (the named sizes, N in the name), ``width`` (wD, gwD) or ``depth`` (dL, gdL)."""
     get_size(name)
     return _FAMILY_OF[name]
 

@@ -143,7 +143,8 @@ def label_of(parametrization: str, alpha: float) -> str:
 
 def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     """The runs tables of the sweeps (``scaling.runs.collect_runs``), concatenated, with the
-    columns ``parametrization, base_size, alpha, label, family, x`` added from each cell."""
+    columns ``parametrization, base_size, alpha, label, family, x`` and ``fixed`` (what the
+    family holds constant: n_layers for width, d_model for depth) added from each cell."""
     from mm1model.sizes import family_of, get_size
     from scaling.runs import collect_runs
 
@@ -163,8 +164,10 @@ def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
                           alpha=alpha)
             family = family_of(size)
             x = {"width": cfg.lm.d_model, "depth": cfg.lm.n_layers}.get(family)
+            # what a family holds fixed: a width family's depth, a depth family's width
+            fixed = {"width": cfg.lm.n_layers, "depth": cfg.lm.d_model}.get(family)
             extra.append({"parametrization": parametrization, "base_size": model.get("base_size"), "alpha": alpha,
-                          "label": label_of(parametrization, alpha), "family": family, "x": x})
+                          "label": label_of(parametrization, alpha), "family": family, "x": x, "fixed": fixed})
         frames.append(pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1))
     runs = pd.concat(frames, ignore_index=True)
     runs.loc[runs["family"] == "mm1", "x"] = runs.loc[runs["family"] == "mm1", "params"]
@@ -239,6 +242,11 @@ def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareRe
     largest_best: dict[str, list[tuple[str, str, float]]] = {}
     for (label, family), group in runs.groupby(["label", "family"], sort=True):
         single_parametrization(group)
+        fixed = sorted({int(v) for v in group["fixed"].dropna()})
+        if len(fixed) > 1:
+            held = {"width": "depths", "depth": "widths"}[family]
+            raise ConfigError(f"the {label} runs of the {family} family mix {held} {', '.join(map(str, fixed))} "
+                              "(e.g. the CPU and GPU families): compare one family at a time")
         order = group.groupby("size")["x"].first().sort_values()
         per_size = [_optimum(label, family, size, group[group["size"] == size], select) for size in order.index]
         held_out = order.index[-1]

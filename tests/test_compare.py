@@ -163,6 +163,17 @@ def test_mixed_base_sizes_and_parametrizations(tmp_path):
     assert single_parametrization(runs[runs["label"] == "sp"]) == "sp"
 
 
+def test_a_family_at_two_fixed_depths_is_refused(tmp_path):
+    cpu = sp_width(tmp_path / "cpu")
+    gpu = make_sweep(tmp_path / "gpu", {"gw256": 256, "gw512": 512}, lambda d: -9.0, lambda d: 3.0, {}, noise=0.0)
+    result = CliRunner().invoke(main, ["compare", str(cpu), str(gpu)])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: the sp runs of the width family mix depths 2, 12 (e.g. the CPU and "
+                                     "GPU families): compare one family at a time")
+    [slope] = compare([gpu]).slopes  # either family alone is fine
+    assert slope.n_sizes == 2 and slope.slope == pytest.approx(0.0, abs=1e-9)
+
+
 def test_base_larger_than_target_in_a_sweep(tmp_path):
     sweep = make_sweep(tmp_path / "s", {"w32": 32, "w64": 64}, lambda d: -7.0, lambda d: 3.0,
                        {"parametrization": "mup", "base_size": "w128"})

@@ -79,7 +79,7 @@ def test_paper_encoders():
 
 
 def test_unknown_size():
-    with pytest.raises(ConfigError, match=r"unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, .*, 30B \(families: w32, .*, d16\)$"):
+    with pytest.raises(ConfigError, match=r"unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, .*, 30B \(families: w32, .*, d16, gw256, .*, gd48\)$"):
         get_size("2M")
 
 
@@ -145,9 +145,15 @@ def test_cli_table():
 def test_cli_families():
     width = json.loads(CliRunner().invoke(main, ["sizes", "--json", "--family", "width"]).output)
     assert [(r["name"], r["params"], r["n_layers"]) for r in width] == [
-        ("w32", 26_784, 2), ("w64", 106_816, 2), ("w128", 426_624, 2), ("w256", 1_705_216, 2)]
+        ("w32", 26_784, 2), ("w64", 106_816, 2), ("w128", 426_624, 2), ("w256", 1_705_216, 2),
+        # 12 layers of 13 d^2 (4 attention + 3 x 3 SwiGLU) and 2 norms, plus the final norm
+        *[(f"gw{d}", 12 * (13 * d * d + 2 * d) + d, 12) for d in (256, 512, 1024, 2048)]]
+    assert width[-1]["params"] == 654_362_624
+    depth = json.loads(CliRunner().invoke(main, ["sizes", "--json", "--family", "depth"]).output)
+    assert [(r["name"], r["d_model"], r["n_layers"], r["n_heads"]) for r in depth][-4:] == [
+        ("gd6", 1024, 6, 16), ("gd12", 1024, 12, 16), ("gd24", 1024, 24, 16), ("gd48", 1024, 48, 16)]
     every = json.loads(CliRunner().invoke(main, ["sizes", "--json", "--family", "all"]).output)
-    assert {r["family"] for r in every} == {"mm1", "width", "depth"} and len(every) == 19
+    assert {r["family"] for r in every} == {"mm1", "width", "depth"} and len(every) == 27
 
 
 def test_cli_unknown_size_exits_2():
@@ -155,4 +161,4 @@ def test_cli_unknown_size_exits_2():
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: unknown size '2M'; valid sizes: 100K, 300K, 1M, 3M, 9M, 85M, 302M, 1.2B, 3B, 7B, 30B "
-        "(families: w32, w64, w128, w256, d2, d4, d8, d16)"]
+        "(families: w32, w64, w128, w256, d2, d4, d8, d16, gw256, gw512, gw1024, gw2048, gd6, gd12, gd24, gd48)"]

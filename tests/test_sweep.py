@@ -80,6 +80,13 @@ def test_shipped_sweep_files_plan():
     assert arms["mup-width"].train["model"] == {"parametrization": "mup", "base_size": "w32"}
     assert arms["depthmup-depth"].train["model"]["alpha"] == 0.5 and arms["sp-depth"].train["model"] == {}
     assert arms["sp-width"].train["steps"] == 100 and arms["completep-depth"].train["data"]["seq_len"] == 128
+    gpu = ROOT / "sweeps" / "transfer-gpu.toml"
+    plans = {arm: plan_sweep(load_sweep_config(gpu, arm=arm)) for arm in (*sweep_arms(gpu), "depthmup-depth")}
+    assert {a: p.n_cells for a, p in plans.items()} == dict.fromkeys(plans, 42)
+    assert [s.size for s in plans["mup-width"].sizes] == ["gw256", "gw512", "gw1024", "gw2048"]
+    assert plans["completep-depth"].train["model"] == {"parametrization": "completep", "base_size": "gd6", "alpha": 1.0}
+    assert all(p.config.executor == "slurm" and p.config.slurm.gpus_per_node == 8 for p in plans.values())
+    assert plans["sp-width"].sizes[-1].flops == pytest.approx(5.16e18, rel=1e-2)
 
 
 def test_dry_run_lists_cells_and_resources_and_submits_nothing(tmp_path):
