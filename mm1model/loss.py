@@ -32,7 +32,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, z_coef: float,
-                rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                rows: int, grads: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = h.device.type
         # The matmuls run in autocast's dtype when it is on (bf16 on GPU), as the head would;
         # the softmax and the loss in float32, as lm_loss does.
@@ -50,9 +50,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = (h_chunk @ w.t()).float()  # (c, V)
                 lse = torch.logsumexp(logits, dim=-1)  # (c,)
                 ce_sum += (lse - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
-                # d(ce + z)/d logits = softmax x (1 + 2 z lse) - one_hot, per row, over count rows
                 if z_coef:
                     z_sum += lse.square().sum()
+                if not grads:  # under no_grad (a loss-only forward): one matmul, not three
+                    continue
+                # d(ce + z)/d logits = softmax x (1 + 2 z lse) - one_hot, per row, over count rows
+                if z_coef:
                     scale = (1.0 + 2.0 * z_coef * lse) / count
                 else:
                     scale = torch.full_like(lse, 1.0 / count)
@@ -69,7 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _ce: torch.Tensor, _z: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None, None
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -87,4 +90,5 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     # ignored rows get zero, as they would from the full cross-entropy.
     flat, target = flat[keep], target[keep]
     rows = rows or chunk_rows(weight.shape[0], hidden.device)
-    return _LinearCrossEntropy.apply(flat, weight, target, float(z_coef), rows)
+    grads = torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad)
+    return _LinearCrossEntropy.apply(flat, weight, target, float(z_coef), rows, grads)
