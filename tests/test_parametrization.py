@@ -302,14 +302,18 @@ def test_two_process_fsdp2_keeps_group_lrs_and_follows_one_process(tmp_path):
 # ------------------------------------------------------------------------------------ sizes
 def test_families():
     assert FAMILIES == ("mm1", "width", "depth")
-    assert size_names("width") == ["w32", "w64", "w128", "w256"]
-    assert size_names("depth") == ["d2", "d4", "d8", "d16"]
-    assert size_names(None)[:4] == ["100K", "300K", "1M", "3M"] and len(size_names(None)) == 19
+    assert size_names("width") == ["w32", "w64", "w128", "w256", "gw256", "gw512", "gw1024", "gw2048"]
+    assert size_names("depth") == ["d2", "d4", "d8", "d16", "gd6", "gd12", "gd24", "gd48"]
+    assert size_names(None)[:4] == ["100K", "300K", "1M", "3M"] and len(size_names(None)) == 27
     for name in size_names("width"):
         cfg = get_size(name)
-        assert (cfg.lm.n_layers, cfg.lm.n_heads, cfg.lm.ffn_dim) == (2, 4, 3 * cfg.lm.d_model)
-    assert [get_size(n).lm.n_layers for n in size_names("depth")] == [2, 4, 8, 16]
-    assert {get_size(n).lm.d_model for n in size_names("depth")} == {64}
+        heads = 4 if name.startswith("w") else cfg.lm.d_model // 64
+        depth = 2 if name.startswith("w") else 12
+        assert (cfg.lm.n_layers, cfg.lm.n_heads, cfg.lm.ffn_dim) == (depth, heads, 3 * cfg.lm.d_model)
+    assert [get_size(n).lm.n_layers for n in size_names("depth")] == [2, 4, 8, 16, 6, 12, 24, 48]
+    assert [get_size(n).lm.d_model for n in size_names("depth")] == [64] * 4 + [1024] * 4
+    # a GPU family's base is valid for its larger members: same vocabulary, encoder, connector
+    assert replace(get_size("gw2048"), parametrization="mup", base_size="gw256").lm.readout_mult == 1 / 8
     assert family_of("w32") == "width" and family_of("d8") == "depth" and family_of("1M") == "mm1"
     rows = size_table(["w32", "d8", "100K"])
     assert [(r["family"], r["params"]) for r in rows] == [("width", 26_784), ("depth", 427_072), ("mm1", 97_600)]
