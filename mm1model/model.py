@@ -171,9 +171,9 @@ class MM1Config:
     depth transfer), relative to the size named ``base_size`` (required for mup / completep,
     ignored by sp); ``alpha`` is CompleteP's depth exponent (1 = CompleteP, 0.5 = Depth-muP).
     For mup / completep the LM's forward multipliers (``lm.attn_scale``, ``lm.readout_mult``,
-    ``lm.residual_mult``, ``lm.input_mult``) are set here from the rule, so every way of building a config (a size,
-    a JSON round-trip, overrides) gives the same model; setting one of them to another value
-    is an error. Init and optimizer rules: :mod:`mm1model.parametrization`."""
+    ``lm.residual_mult``, ``lm.input_mult``) are set here from the rule, so every way of
+    building a config (a size, a JSON round-trip, overrides) gives the same model; setting one
+    of them to another value is an error. Init and optimizer rules: :mod:`mm1model.parametrization`."""
 
     name: str = "custom"
     lm: LMConfig = field(default_factory=LMConfig)

@@ -103,7 +103,8 @@ def hf_llama(lm_cfg) -> torch.nn.Module:
     except ImportError:
         raise ConfigError("the transformers comparison needs `pip install transformers` "
                           "(the optional `bench` extra); skip it with --skip lm") from None
-    if lm_cfg.attn_scale is not None or lm_cfg.readout_mult != 1.0 or lm_cfg.residual_mult != 1.0:
+    if (lm_cfg.attn_scale is not None or lm_cfg.readout_mult != 1.0 or lm_cfg.residual_mult != 1.0
+            or lm_cfg.input_mult != 1.0):
         raise ConfigError("LlamaForCausalLM has no muP multipliers: compare a standard-parametrization size")
     config = LlamaConfig(vocab_size=lm_cfg.vocab_size, hidden_size=lm_cfg.d_model, intermediate_size=lm_cfg.ffn_dim,
                          num_hidden_layers=lm_cfg.n_layers, num_attention_heads=lm_cfg.n_heads,
