@@ -22,9 +22,9 @@ from mm1model.tokens import IGNORE_INDEX
 _CHUNK_ELEMENTS = {"cpu": 2 ** 19, "cuda": 2 ** 27}
 
 
-def chunk_rows(vocab_size: int, device: torch.device) -> int:
-    """Rows of the head computed at once for a ``vocab_size`` head on ``device``."""
-    return max(1, _CHUNK_ELEMENTS.get(device.type, 2 ** 19) // vocab_size)
+def chunk_rows(vocab_size: int, device_type: str) -> int:
+    """Rows of the head computed at once for a ``vocab_size`` head on ``device_type`` ("cpu", "cuda")."""
+    return max(1, _CHUNK_ELEMENTS.get(device_type, 2 ** 19) // vocab_size)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -55,11 +55,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if not grads:  # under no_grad (a loss-only forward): one matmul, not three
                     continue
                 # d(ce + z)/d logits = softmax x (1 + 2 z lse) - one_hot, per row, over count rows
-                if z_coef:
-                    scale = (1.0 + 2.0 * z_coef * lse) / count
-                else:
-                    scale = torch.full_like(lse, 1.0 / count)
-                grad = logits.sub_(lse[:, None]).exp_().mul_(scale[:, None])  # in place: softmax x scale
+                grad = logits.sub_(lse[:, None]).exp_()  # in place: the softmax
+                grad.mul_(((1.0 + 2.0 * z_coef * lse) / count)[:, None] if z_coef else 1.0 / count)
                 grad.scatter_add_(1, t_chunk[:, None], grad.new_full((len(t_chunk), 1), -1.0 / count))
                 grad_h[start:start + rows] = (grad.to(compute) @ w).to(h.dtype)
                 # out= rather than addmm_: the same kernel, and FlopCounterMode counts it
@@ -89,6 +86,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     # Selecting the labelled rows is an autograd op: their gradient is scattered back, and the
     # ignored rows get zero, as they would from the full cross-entropy.
     flat, target = flat[keep], target[keep]
-    rows = rows or chunk_rows(weight.shape[0], hidden.device)
+    rows = rows or chunk_rows(weight.shape[0], hidden.device.type)
     grads = torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(flat, weight, target, float(z_coef), rows, grads)

@@ -203,12 +203,10 @@ def head_bytes(cfg: MM1Config, bf16: bool) -> tuple[float, float]:
     with bf16 also the weight's bf16 copy and the saved bf16 gradient, 2 x 2Vd) and one chunk's
     logits (fp32, plus the bf16 matmul output and its bf16 gradient copy with bf16).
     """
-    import torch
-
     from mm1model.loss import chunk_rows
 
     v, d = cfg.lm.vocab_size, cfg.lm.d_model
-    rows = chunk_rows(v, torch.device("cuda" if bf16 else "cpu"))
+    rows = chunk_rows(v, "cuda" if bf16 else "cpu")
     if bf16:
         return 12.0 * d, 4.0 * v * d + 2 * 2.0 * v * d + rows * v * (4 + 2 * 2)
     return 12.0 * d, 4.0 * v * d + rows * v * 4

@@ -390,6 +390,6 @@ train.model = {{ parametrization = "completep" }}
         assert res.exit_code == 2 and res.output.startswith("error: ") and message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
     res = runner.invoke(main, ["sweep", "--sizes", "100K", "--arms", "a", "--out", str(tmp_path / "bad")])
-    assert res.exit_code == 2 and "--arms needs a sweep file with [arms.NAME] tables" in res.output
+    assert res.exit_code == 2 and res.output.strip() == "error: --arms needs a sweep file with [arms.NAME] tables (--config)"
     with pytest.raises(ConfigError, match="holds arms \\(a, b, c\\): pick one"):
         load_sweep_config(toml)

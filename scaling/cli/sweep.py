@@ -52,7 +52,8 @@ def sweep(sizes, config_path, lrs, points, span, seeds, steps, tokens, executor,
     available = sweep_arms(config_path) if config_path else ()
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else available
     if arms and not available:
-        raise ConfigError(f"--arms needs a sweep file with [arms.NAME] tables; {config_path or 'no file'} has none")
+        raise ConfigError("--arms needs a sweep file with [arms.NAME] tables"
+                          + (f"; {config_path} has none" if config_path else " (--config)"))
     if len(chosen) > 1 and no_wait:
         raise ConfigError("--no-wait starts one sweep; a file's arms run one after another: drop --no-wait "
                           "or pick one arm with --arms")
