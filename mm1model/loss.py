@@ -8,12 +8,13 @@ gradients of ``h`` and ``W``; the backward only scales them. A chunk's logits st
 (128 rows x 4096 vocabulary = 2 MB on CPU), the full logits never exist, and rows whose label is
 ignored (image tokens, padding) never reach the head at all. Measured on this machine's CPU
 (``python -m mm1model.bench --compare``): the LM training step 4-9% faster, the cross-entropy's
-share of it from 6% to about 2%. Same mathematics as :func:`mm1model.model.lm_loss`: the
+share of it from 6% to about 2%. Same mathematics as :func:`lm_loss`, the plain reference kept below: the
 tests hold loss and gradients to float rounding.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mm1model.tokens import IGNORE_INDEX
 
@@ -77,7 +78,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, ce, z) of the head ``weight`` (V, C) on ``hidden`` (..., C) against ``labels``
     (...): the mean cross-entropy over labels != IGNORE_INDEX (nats, float32) plus ``z_coef`` x
-    the mean squared logsumexp over the same rows, as :func:`mm1model.model.lm_loss` computes
+    the mean squared logsumexp over the same rows, as :func:`lm_loss` computes
     them from logits. Only ``loss`` carries gradients. ``rows``: rows per chunk (default
     :func:`chunk_rows`)."""
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -89,3 +90,21 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     rows = rows or chunk_rows(weight.shape[0], hidden.device.type)
     grads = torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(flat, weight, target, float(z_coef), rows, grads)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor,
+            z_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, ce, z): mean cross-entropy over labels != IGNORE_INDEX (nats, float32) plus
+    ``z_coef`` * mean logsumexp(logits)^2 over the same positions. With no labelled position
+    both terms are 0 (kept in the graph so backward still runs)."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
+    target = labels.reshape(-1)
+    keep = target != IGNORE_INDEX
+    count = keep.sum().clamp(min=1)
+    ce = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum") / count
+    if z_coef:
+        lse = torch.logsumexp(flat, dim=-1)  # (B*T,)
+        z = z_coef * (lse.square() * keep).sum() / count
+    else:
+        z = flat.new_zeros(())
+    return ce + z, ce, z

@@ -20,7 +20,6 @@ outside to ``model.lm.blocks`` and ``model.vit.blocks`` (see ``mm1model/parallel
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm1model.config import ConfigError
-from mm1model.loss import linear_cross_entropy
-from mm1model.tokens import IGNORE_INDEX, IMAGE_ID
+from mm1model.loss import linear_cross_entropy, lm_loss
+from mm1model.masks import Spans, attend_spans, document_mask
+from mm1model.tokens import IMAGE_ID
 
 CONNECTOR_KINDS = ("c_abstractor", "avg_pool", "attention_pool")
 
@@ -170,10 +170,12 @@ class MM1Config:
     ``parametrization``: ``sp`` (standard), ``mup`` (width transfer) or ``completep`` (width and
     depth transfer), relative to the size named ``base_size`` (required for mup / completep,
     ignored by sp); ``alpha`` is CompleteP's depth exponent (1 = CompleteP, 0.5 = Depth-muP).
-    For mup / completep the LM's forward multipliers (``lm.attn_scale``, ``lm.readout_mult``,
-    ``lm.residual_mult``, ``lm.input_mult``) are set here from the rule, so every way of
-    building a config (a size, a JSON round-trip, overrides) gives the same model; setting one
-    of them to another value is an error. Init and optimizer rules: :mod:`mm1model.parametrization`."""
+    These three fields are data here: the model is single-parametrization code. The rule is
+    applied from outside, like parallelism: :func:`mm1model.parametrization.parametrize` sets
+    the LM's forward multipliers (``lm.attn_scale``, ``lm.readout_mult``, ``lm.residual_mult``,
+    ``lm.input_mult``) on the config, and :func:`mm1model.parametrization.init_parametrized`
+    re-draws the init of a built model. :class:`MM1` refuses a mup / completep config whose
+    multipliers were never set, so a rule cannot be skipped silently."""
 
     name: str = "custom"
     lm: LMConfig = field(default_factory=LMConfig)
@@ -187,19 +189,6 @@ class MM1Config:
     def __post_init__(self) -> None:
         if self.connector.kind == "attention_pool" and self.vit.width % self.connector.n_heads:
             raise ConfigError(f"connector.n_heads {self.connector.n_heads} must divide vit.width {self.vit.width}")
-        if self.parametrization != "sp":
-            # The rules need the size table, which imports this module: import on use.
-            from mm1model.parametrization import forward_multipliers
-
-            rule = forward_multipliers(self)
-            defaults = LMConfig.__dataclass_fields__
-            for key, value in rule.items():
-                current = getattr(self.lm, key)
-                if current != defaults[key].default and not math.isclose(current, value, rel_tol=1e-12):
-                    raise ConfigError(f"lm.{key}={current} conflicts with parametrization "
-                                      f"{self.parametrization} (which sets {value:.6g}); leave it unset")
-            # A new LMConfig: the size table's instance is shared and must stay untouched.
-            self.lm = dataclasses.replace(self.lm, **rule)
 
     @property
     def tokens_per_image(self) -> int:
@@ -386,68 +375,6 @@ CONNECTORS = {"c_abstractor": CAbstractor, "avg_pool": AvgPool, "attention_pool"
 # ----------------------------------------------------------------------------------------------
 # Decoder-only LM
 # ----------------------------------------------------------------------------------------------
-def doc_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean SDPA mask (B, 1, T, T), True = may attend: causal and within the same document,
-    so packed examples never see each other (MM1 found this critical for image-text pairs)."""
-    t = doc_ids.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
-    return (same_doc & causal)[:, None]  # (B, 1, T, T)
-
-
-# Below this length the dense mask's single kernel call beats one call per document on CPU
-# (1M size, real packed rows: dense 6% faster at 128-256 tokens; per document 15% / 36% / 82%
-# faster at 512 / 1024 / 2048, `python -m mm1model.bench --compare`).
-PER_DOCUMENT_MIN_LEN = 512
-
-Spans = list[list[tuple[int, int]]]  # per row, the [start, end) token ranges of its documents
-
-
-def document_spans(doc_ids: torch.Tensor) -> Spans | None:
-    """Per row, the [start, end) runs of equal document id; None when a row has the same id in
-    two separate runs (then "same document" is not a run, and only the dense mask says it)."""
-    b, t = doc_ids.shape
-    starts = doc_ids[:, 1:] != doc_ids[:, :-1]  # (B, T-1): a new document begins at t+1
-    ordered = doc_ids.sort(dim=1).values
-    runs = (starts.sum(dim=1) + 1).tolist()
-    distinct = ((ordered[:, 1:] != ordered[:, :-1]).sum(dim=1) + 1).tolist()
-    if runs != distinct:
-        return None
-    bounds: list[list[int]] = [[0] for _ in range(b)]
-    for row, col in torch.nonzero(starts).tolist():
-        bounds[row].append(col + 1)
-    return [list(zip(row, row[1:] + [t])) for row in bounds]
-
-
-def document_mask(doc_ids: torch.Tensor, spans_ok: bool = True) -> torch.Tensor | Spans | None:
-    """How :class:`Attention` keeps packed documents apart: None when every row is one document
-    (the fused causal kernel), per-document spans on CPU from PER_DOCUMENT_MIN_LEN tokens (one
-    causal kernel call per document skips the masked-out blocks the dense mask still computes),
-    else the dense boolean mask (on GPU: no host sync, and SDPA's masked kernels are fast).
-    ``spans_ok=False`` (compiled blocks, which would recompile for every new list of spans)
-    keeps the tensor forms only."""
-    if doc_ids.device.type != "cpu" or not spans_ok:
-        return doc_attention_mask(doc_ids)
-    spans = document_spans(doc_ids)
-    if spans is not None and all(len(row) == 1 for row in spans):
-        return None
-    if spans is not None and doc_ids.shape[1] >= PER_DOCUMENT_MIN_LEN:
-        return spans
-    return doc_attention_mask(doc_ids)
-
-
-def attend_spans(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: Spans, scale: float | None,
-                 gqa: bool) -> torch.Tensor:
-    """Causal SDPA within each document span of each row: (B, H, T, hd) -> (B, H, T, hd). Equal to
-    SDPA with the dense document mask (up to float rounding) when documents are runs."""
-    rows = []
-    for b, row in enumerate(spans):
-        parts = [F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e],
-                                                is_causal=True, scale=scale, enable_gqa=gqa) for s, e in row]
-        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))  # (1, H, T, hd)
-    return torch.cat(rows)
-
-
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary angles for each position id: cos and sin, each (B, 1, T, head_dim), float32."""
     inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
@@ -538,6 +465,10 @@ class LM(nn.Module):
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        # Whether attention may take per-document spans (Python lists) on CPU; whoever compiles
+        # the blocks turns it off (mm1model.parallelize), since a compiled block would recompile
+        # for every new list of spans.
+        self.per_document_spans = True
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(input_ids)  # (B, T, C)
@@ -548,9 +479,7 @@ class LM(nn.Module):
     def features(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
         """The output head's input (B, T, C): the blocks, the final norm, the readout multiplier."""
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        # a block compiled by parallelize() (Module.compile) must get tensors, not Python lists
-        compiled = getattr(self.blocks[0], "_compiled_call_impl", None) is not None
-        mask = None if doc_ids is None else document_mask(doc_ids, spans_ok=not compiled)
+        mask = None if doc_ids is None else document_mask(doc_ids, spans_ok=self.per_document_spans)
         if self.cfg.input_mult != 1.0:  # muP's input multiplier (see mm1model.parametrization)
             x = x * self.cfg.input_mult
         for block in self.blocks:
@@ -592,6 +521,11 @@ class MM1(nn.Module):
 
     def __init__(self, config: MM1Config):
         super().__init__()
+        if config.parametrization != "sp" and config.lm.input_mult == 1.0:
+            # mup and completep always set the input multiplier: a config that has 1 never went
+            # through the rule, and would build an SP model under another name.
+            raise ConfigError(f"parametrization {config.parametrization} was not applied to this config: build "
+                              "it with mm1model.parametrization.parametrize(config)")
         self.config = config
         self.vit = ViT(config.vit)
         self.connector = CONNECTORS[config.connector.kind](config.connector, config.vit, config.lm.d_model)
@@ -605,8 +539,8 @@ class MM1(nn.Module):
 
         Linear, embedding and position weights N(0, init_std); the LM's residual output
         projections N(0, init_std / sqrt(2 n_layers)) (GPT-2); norms to identity; convolutions
-        Kaiming normal (fan_out), as timm's RegNet. Under mup / completep the LM's matrices are
-        then re-drawn by :func:`mm1model.parametrization.init_parametrized`."""
+        Kaiming normal (fan_out), as timm's RegNet. This is SP's init; under mup / completep
+        :func:`mm1model.parametrization.init_parametrized` re-draws the matrices it changes."""
         if self.config.lm.tie_embeddings:  # `to_empty` after a meta build unties shared parameters
             self.lm.output.weight = self.lm.tok_embeddings.weight
         std = self.config.lm.init_std
@@ -628,10 +562,6 @@ class MM1(nn.Module):
         for block in self.lm.blocks:
             nn.init.normal_(block.attention.wo.weight, std=residual_std)
             nn.init.normal_(block.feed_forward.w2.weight, std=residual_std)
-        if self.config.parametrization != "sp":
-            from mm1model.parametrization import init_parametrized
-
-            init_parametrized(self)
 
     def image_features(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Encode images (each (3, H, W)) -> (n_images * tokens_per_image, d_model), in order.
@@ -688,21 +618,3 @@ class MM1(nn.Module):
             return MM1Output(logits, *lm_loss(logits, labels, self.config.lm.z_loss))
         # Training: the head and its loss in one chunked pass, no (B, T, V) logits (mm1model.loss).
         return MM1Output(None, *linear_cross_entropy(features, self.lm.output.weight, labels, self.config.lm.z_loss))
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor,
-            z_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, ce, z): mean cross-entropy over labels != IGNORE_INDEX (nats, float32) plus
-    ``z_coef`` * mean logsumexp(logits)^2 over the same positions. With no labelled position
-    both terms are 0 (kept in the graph so backward still runs)."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
-    target = labels.reshape(-1)
-    keep = target != IGNORE_INDEX
-    count = keep.sum().clamp(min=1)
-    ce = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum") / count
-    if z_coef:
-        lse = torch.logsumexp(flat, dim=-1)  # (B*T,)
-        z = z_coef * (lse.square() * keep).sum() / count
-    else:
-        z = flat.new_zeros(())
-    return ce + z, ce, z

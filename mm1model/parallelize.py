@@ -36,6 +36,8 @@ def parallelize(model: nn.Module, *, device_type: str = "cpu", activation_checkp
         for blocks, i in transformer_blocks(model):
             blocks[i] = checkpoint_wrapper(blocks[i])
     if compile:
+        # a compiled block would recompile for every new list of per-document spans: tensors only
+        model.lm.per_document_spans = False
         for blocks, i in transformer_blocks(model):
             # in place: parameter names (and checkpoints) stay unchanged
             blocks[i].compile(**({"backend": compile_backend} if compile_backend else {}))

@@ -52,6 +52,7 @@ The LR schedule must scale each group relatively: ``lr_t = schedule(t) x peak x 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -61,19 +62,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm1model.config import ConfigError
-from mm1model.model import MM1, MM1Config
+from mm1model import paper
+from mm1model.config import ConfigError, replace
+from mm1model.model import MM1, LMConfig, MM1Config
+from mm1model.sizes import get_size
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
 
 # The input multiplier of mup / completep: the LM's input (token embeddings, image tokens) x 10,
-# Cerebras-GPT's tuned muP value (nanoGPT-mup's mup_input_alpha), the same at every size, so it
+# Cerebras-GPT's tuned muP value (mm1model.paper.MUP_INPUT_MULT), the same at every size, so it
 # does not break width transfer. Why not 1: the depth limit behind CompleteP assumes the
 # embedding stream is of the same order as the sum of the blocks' contributions; with
 # sigma = 0.02 embeddings (coordinates ~0.017) and branch outputs ~0.07, one block at the base
 # depth overwrites the stream while eight blocks at 1/4 each do not, and the depth coordinate
 # check over d2/d4/d8 fails (max |slope| 0.31 at 1; 0.11 at 10, lr 1e-2, 8 seeds).
-INPUT_MULT = 10.0
+INPUT_MULT = paper.MUP_INPUT_MULT
 KINDS = ("hidden", "input", "readout", "vector", "fixed")
 
 # Wrappers that parallelize.py may put around a block insert these into parameter names.
@@ -104,8 +107,6 @@ def _canonical(name: str) -> str:
 def base_config(config: MM1Config) -> MM1Config:
     """The base size of a mup / completep config, checked: same vocabulary, image encoder,
     connector and head layout, and not larger than ``config`` in width or depth."""
-    from mm1model.sizes import get_size
-
     if config.base_size is None:
         raise ConfigError(f"parametrization {config.parametrization} needs base_size "
                           "(the size whose optimum LR is reused)")
@@ -149,14 +150,29 @@ def forward_multipliers(config: MM1Config) -> dict[str, float]:
             "input_mult": INPUT_MULT}
 
 
+def parametrize(config: MM1Config) -> MM1Config:
+    """``config`` with the LM's forward multipliers set by its parametrization (a new config; an
+    sp config is returned as is). Idempotent, so a config read back from config.json passes
+    through unchanged. Validates the parametrization, its base and alpha; a multiplier set by
+    hand to another value than the rule's is a ConfigError."""
+    rule = forward_multipliers(config)
+    defaults = LMConfig.__dataclass_fields__
+    for key, value in rule.items():
+        current = getattr(config.lm, key)
+        if current != defaults[key].default and not math.isclose(current, value, rel_tol=1e-12):
+            raise ConfigError(f"lm.{key}={current} conflicts with parametrization "
+                              f"{config.parametrization} (which sets {value:.6g}); leave it unset")
+    if not rule:
+        return config
+    # A new LMConfig: the size table's instance is shared and must stay untouched.
+    return dataclasses.replace(config, lm=dataclasses.replace(config.lm, **rule))
+
+
 @functools.lru_cache(maxsize=32)
 def _kinds(base_size: str) -> dict[str, str]:
     """Parameter type by canonical name, read off the shapes of the base size against the base
     at twice the width (both built on the meta device), so the types do not depend on how far
     a given target is from its base (a depth-only target has m = 1 and still needs them)."""
-    from mm1model.config import replace
-    from mm1model.sizes import get_size
-
     base = get_size(base_size)
     wide = replace(base, lm={"d_model": 2 * base.lm.d_model, "ffn_dim": 2 * base.lm.ffn_dim})
     with torch.device("meta"):
@@ -228,9 +244,11 @@ def param_rules(model: nn.Module, config: MM1Config | None = None) -> dict[str, 
 
 
 @torch.no_grad()
-def init_parametrized(model: nn.Module) -> None:
-    """Re-draw the parameters whose init the parametrization changes (after SP's init, from the
-    current torch RNG): hidden matrices N(0, std/sqrt(m)), the query and an untied head zero."""
+def init_parametrized(model: nn.Module) -> nn.Module:
+    """Re-draw the parameters whose init ``model.config.parametrization`` changes (after SP's
+    init, from the current torch RNG): hidden matrices N(0, std/sqrt(m)), the query and an
+    untied head zero. Applied to a built model from outside, like :mod:`mm1model.parallelize`;
+    a no-op under sp. Returns the model."""
     params = dict(model.named_parameters())
     for name, rule in param_rules(model).items():
         if rule.init_std is None:
@@ -239,6 +257,7 @@ def init_parametrized(model: nn.Module) -> None:
             nn.init.zeros_(params[name])
         else:
             nn.init.normal_(params[name], std=rule.init_std)
+    return model
 
 
 def param_groups(model: nn.Module, config: MM1Config | None, lr: float, weight_decay: float,

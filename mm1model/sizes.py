@@ -13,6 +13,7 @@ Mistral SentencePiece vocabulary (a documented default; on the bundled corpus on
 """
 from __future__ import annotations
 
+from mm1model import paper
 from mm1model.config import ConfigError
 from mm1model.counting import param_counts
 from mm1model.model import ConnectorConfig, LMConfig, MM1Config, ViTConfig
@@ -22,8 +23,8 @@ PAPER_VOCAB_SIZE = 32000  # LLaMA / Mistral tokenizer; MM1 does not publish its 
 
 # Image encoders (MM1 Sec. 3: ViT-L/14 at 336 px for the ablations, ViT-H/14 at 378 px for
 # the final models; widths, depths and heads from CLIP / OpenCLIP).
-VIT_L14_336 = ViTConfig(image_size=336, patch_size=14, width=1024, n_layers=24, n_heads=16, mlp_dim=4096)
-VIT_H14_378 = ViTConfig(image_size=378, patch_size=14, width=1280, n_layers=32, n_heads=16, mlp_dim=5120)
+VIT_L14_336 = ViTConfig(image_size=paper.ABLATION_IMAGE_SIZE, patch_size=14, width=1024, n_layers=24, n_heads=16, mlp_dim=4096)
+VIT_H14_378 = ViTConfig(image_size=paper.IMAGE_SIZE, patch_size=14, width=1280, n_layers=32, n_heads=16, mlp_dim=5120)
 # A tiny ViT for the CPU sizes: 32 px images in 8 px patches give a 4 x 4 grid, and two layers
 # of width 64 keep an image's cost far below its 16 tokens' share of the LM.
 VIT_TINY = ViTConfig(image_size=32, patch_size=8, width=64, n_layers=2, n_heads=4, mlp_dim=256)
@@ -33,7 +34,7 @@ VIT_B16_224 = ViTConfig(image_size=224, patch_size=16, width=768, n_layers=12, n
 
 # MM1's connector: C-Abstractor with 144 image tokens; hidden width 1024 and 3 blocks per
 # stage are Honeybee's defaults.
-C_ABSTRACTOR_144 = ConnectorConfig(kind="c_abstractor", image_tokens=144, hidden=1024, depth=3)
+C_ABSTRACTOR_144 = ConnectorConfig(kind="c_abstractor", image_tokens=paper.IMAGE_TOKENS, hidden=1024, depth=3)
 # CPU sizes: 16 tokens (4 x 4) so a 128-256 token sequence holds several images; one block per
 # stage keeps the step fast on one thread.
 C_ABSTRACTOR_16 = ConnectorConfig(kind="c_abstractor", image_tokens=16, hidden=64, depth=1)
@@ -58,7 +59,9 @@ def _gpu_family(name: str, d_model: int, n_layers: int) -> MM1Config:
 
 
 def _paper(name: str, vit: ViTConfig, source: str, **lm: float) -> MM1Config:
-    return MM1Config(name=name, lm=LMConfig(vocab_size=PAPER_VOCAB_SIZE, tie_embeddings=False, **lm),
+    # MM1 adds its z-loss at 30B only (mm1model.paper.Z_LOSS_SIZES)
+    z_loss = paper.Z_LOSS if name in paper.Z_LOSS_SIZES else 0.0
+    return MM1Config(name=name, lm=LMConfig(vocab_size=PAPER_VOCAB_SIZE, tie_embeddings=False, z_loss=z_loss, **lm),
                      vit=vit, connector=C_ABSTRACTOR_144, source=source)
 
 
@@ -104,9 +107,9 @@ SIZES: dict[str, MM1Config] = {
     "7B": _paper("7B", VIT_H14_378, "MM1-7B; Mistral-7B shape (GQA 8 KV heads)",
                  d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336),
     # N = 29,962,762,752: LLaMA-30B width (d 6656, 52 heads, ffn 17920) with 56 layers instead of 60.
-    # The paper adds a z-loss of scale 1e-4 for MM1-30B.
+    # The paper adds a z-loss for MM1-30B (see _paper).
     "30B": _paper("30B", VIT_H14_378, "MM1-30B; LLaMA-30B width/ffn, 56 layers; z-loss 1e-4", d_model=6656,
-                  n_layers=56, n_heads=52, ffn_dim=17920, z_loss=1e-4),
+                  n_layers=56, n_heads=52, ffn_dim=17920),
     # Transfer families for the parametrization comparison (`scaling compare`): CPU sizes that
     # change ONE dimension. Named by what changes, not by N (N is still reported by
     # `scaling sizes`): wD = d_model D at 2 layers, dL = L layers at d_model 64. Widths 32..256 at

@@ -3,13 +3,15 @@
 ``train(TrainConfig) -> TrainResult`` is what every sweep cell and every launch runs; from a
 shell, ``python -m mm1model.train CONFIG.json`` (or under ``torchrun``).
 
-Recipe (McKinzie et al. 2024, appendix B), every value a :class:`TrainConfig` field:
+The run itself is :class:`mm1model.train_config.TrainConfig` (re-exported here); its defaults
+are MM1's recipe (McKinzie et al. 2024, appendix B; the numbers in :mod:`mm1model.paper`):
 
-* AdamW, betas (0.9, 0.95), gradient clipping at global norm 1.0, z-loss from the size table
-  (0; 1e-4 at 30B) unless ``z_loss`` is set.
-* Schedule: linear warmup over ``warmup_steps`` (2000) then cosine decay to ``min_lr_ratio``
-  (10%) of the peak at ``decay_steps`` (200k, counted from step 0, warmup included), flat after.
-  See :func:`lr_multiplier`.
+* AdamW, betas (0.9, 0.95), gradient clipping at global norm 1.0 (``TrainConfig.optimizer``),
+  z-loss from the size table (0; 1e-4 at 30B) unless ``z_loss`` is set.
+* Schedule: linear warmup over ``optimizer.warmup_steps`` (2000) then cosine decay to
+  ``optimizer.min_lr_ratio`` (10%) of the peak ``optimizer.lr`` at ``optimizer.decay_steps``
+  (200k, counted from step 0, warmup included), flat after. See :func:`lr_multiplier`. The peak
+  LR is always given by the caller: the trainer has no law of its own.
 * Weight decay decoupled from the learning rate: the per-step decay is ``lambda x s(t)``, with
   ``s(t)`` the schedule multiplier, whatever the peak LR. See :func:`torch_weight_decay`.
 * No weight decay on norms, biases (every parameter with fewer than 2 dimensions) and embeddings
@@ -55,8 +57,6 @@ import os
 import subprocess
 import sys
 import time
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,245 +64,23 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mm1model import records
+from mm1model import paper, records
 from mm1model.checkpoint import Preemption, load_checkpoint, save_checkpoint, set_rng_state
 from mm1model.config import ConfigError, from_dict, to_dict
-from mm1model.data import DataConfig, PackedStream, validation_batches
+from mm1model.counting import flops_per_token, image_flops, param_counts
+from mm1model.data import SOURCES, PackedStream, validation_batches
 from mm1model.distributed import Dist, init_distributed
+from mm1model.model import MM1
+from mm1model.parallelize import parallelize
+from mm1model.parametrization import init_parametrized, param_groups, set_group_lrs
 from mm1model.tokens import IGNORE_INDEX
+from mm1model.train_config import (FINAL_STATUSES, RECORD_KEYS, RESUMABLE_CHANGES, TrainConfig, TrainResult,
+                                   load_config, lr_multiplier, model_config, resolve, torch_weight_decay)
 
-SOURCES = ("caption", "interleaved", "text")  # index = the Batch's ``source`` value
-FINAL_STATUSES = ("ok", "diverged")
-# Keys config.json adds to the TrainConfig fields; load_config drops them.
-RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
-# Fields that may change between a run and its resumption without changing its trajectory.
-RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval",
-                     "keep_checkpoints", "log_interval", "compile", "activation_checkpointing")
+# Re-exported: `from mm1model.train import TrainConfig, train` is the trainer's public API.
+__all__ = ["TrainConfig", "TrainResult", "load_config", "lr_multiplier", "main", "model_config", "resolve",
+           "torch_weight_decay", "train"]
 
-# Dense bf16 peak FLOP/s per GPU (vendor datasheets, without sparsity), for MFU.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Defaults are MM1's pre-training recipe (batch 512 x 4096, 200k steps).
-
-    ``lr``: peak learning rate; None = MM1's law ``exp(-0.4214 ln N - 0.5535)`` for this size's N.
-    ``weight_decay``: lambda, the per-step decoupled decay at the peak of the schedule (the
-    decay at step t is ``lambda x lr_multiplier(t)``); None = 0.1 x peak LR (MM1's choice).
-    ``model``: overrides of the size's :class:`~mm1model.model.MM1Config`, nested dicts
-    (e.g. ``{"lm": {"n_layers": 1}}``). ``z_loss``: None = the size's own coefficient.
-    ``batch_size``: global batch in sequences, fixed whatever the world size; each rank runs
-    ``batch_size / world_size`` of it in micro-batches of ``micro_batch_size`` (None = no
-    accumulation). With ``micro_batch_size`` set, the data each micro-batch sees does not depend
-    on the world size, so a 2-process run follows the 1-process one.
-    ``seed``: model initialisation and torch RNG; the sample order is ``data.seed``.
-    ``divergence_factor``: after warmup, a training loss above this times the first step's loss
-    stops the run as diverged (a non-finite loss does at any step).
-    ``eval_interval`` / ``checkpoint_interval``: in steps, 0 = only at the end / never.
-    ``peak_flops``: peak FLOP/s of one device for MFU; None = the :data:`PEAK_FLOPS` entry of
-    the GPU, or no MFU on CPU. ``device``: "cpu", "cuda" or None (cuda when available).
-    """
-
-    size: str = "100K"
-    model: dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    lr: float | None = None
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 2000
-    decay_steps: int = 200_000
-    weight_decay: float | None = None
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    z_loss: float | None = None
-    batch_size: int = 512
-    micro_batch_size: int | None = None
-    steps: int = 200_000
-    eval_interval: int = 1000
-    eval_sequences: int = 64
-    eval_batch_size: int | None = None
-    checkpoint_interval: int = 1000
-    keep_checkpoints: int = 2
-    log_interval: int = 10
-    seed: int = 0
-    threads: int | None = None
-    divergence_factor: float = 1.5
-    activation_checkpointing: bool = False
-    compile: bool = False
-    peak_flops: float | None = None
-    device: str | None = None
-    run_dir: str = "runs/train"
-
-    def __post_init__(self) -> None:
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.decay_steps < self.warmup_steps:
-            raise ConfigError(f"need 0 <= warmup_steps <= decay_steps, got {self.warmup_steps} and {self.decay_steps}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        for name in ("batch_size", "eval_sequences", "keep_checkpoints", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "eval_interval", "checkpoint_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("micro_batch_size", "eval_batch_size", "threads"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
-        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise ConfigError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
-        if not self.divergence_factor > 1:
-            raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor}")
-        if self.grad_clip <= 0:
-            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.device not in (None, "cpu", "cuda"):
-            raise ConfigError(f"device must be cpu, cuda or null, got {self.device!r}")
-
-
-@dataclass
-class TrainResult:
-    """What ``result.json`` holds. Losses are mean cross-entropy in nats per text token.
-
-    ``status``: ok | diverged | failed. ``final_val_loss``: at the last step (None unless ok).
-    ``params``: N, LM non-embedding parameters. ``tokens``: sequence positions trained on
-    (steps x batch_size x seq_len). ``wall_s``: training seconds summed over restarts.
-    """
-
-    status: str
-    final_val_loss: float | None
-    best_val_loss: float | None
-    val_loss_by_source: dict[str, float]
-    steps: int
-    tokens: int
-    wall_s: float
-    params: int
-    lr: float
-    size: str
-    batch_size: int
-    seq_len: int
-    seed: int
-    run_dir: str
-    diverged_at_step: int | None = None
-    error: str | None = None
-
-
-# ------------------------------------------------------------------------------------ recipe
-def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float = 0.1) -> float:
-    """Schedule multiplier s(t) of the peak LR for update ``step`` (0-based).
-
-    Warmup: ``s = (t + 1) / warmup_steps`` for t < warmup_steps, so the first update already
-    moves and update ``warmup_steps - 1`` runs at the peak. Then a cosine from 1 at
-    t = warmup_steps to ``min_lr_ratio`` at t = decay_steps (counted from step 0, warmup
-    included), ``min_lr_ratio`` after.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if step >= decay_steps:
-        return min_lr_ratio
-    progress = (step - warmup_steps) / (decay_steps - warmup_steps)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# MM1's learning-rate law (McKinzie et al. 2024, "Model Scaling"): the one place its numbers live.
-MM1_LN_PARAMS = -0.4214
-MM1_INTERCEPT = -0.5535
-
-
-def mm1_peak_lr(params: float) -> float:
-    """MM1's fitted optimum peak LR, exp(-0.4214 ln N - 0.5535), for N LM parameters."""
-    return math.exp(MM1_LN_PARAMS * math.log(params) + MM1_INTERCEPT)
-
-
-def torch_weight_decay(weight_decay: float, peak_lr: float) -> float:
-    """The ``weight_decay`` to hand ``torch.optim.AdamW`` for decoupled decay ``lambda``.
-
-    torch's AdamW multiplies each parameter by ``1 - lr_t x wd`` per step. With
-    ``lr_t = peak_lr x s(t)`` and ``wd = lambda / peak_lr`` that is ``1 - lambda x s(t)``: the
-    decay follows the schedule but not the peak LR, as in MM1 (AXLearn's decoupled AdamW).
-    MM1's default lambda = 0.1 x peak_lr gives wd = 0.1.
-    """
-    return weight_decay / peak_lr
-
-
-# ------------------------------------------------------------------------------------ setup
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def model_config(config: TrainConfig):
-    """The :class:`MM1Config` a run trains: the size's, then ``model`` overrides, then z_loss."""
-    from mm1model.model import MM1Config
-    from mm1model.sizes import get_size
-
-    base = get_size(config.size)
-    overrides = dict(config.model)
-    if config.z_loss is not None:
-        overrides = _merge(overrides, {"lm": {"z_loss": config.z_loss}})
-    if not overrides:
-        return base
-    init_fields = {f.name for f in dataclasses.fields(MM1Config) if f.init}
-    merged = _merge({k: v for k, v in to_dict(base).items() if k in init_fields}, overrides)
-    return from_dict(MM1Config, _strip_non_init(MM1Config, merged), where="model")
-
-
-def _strip_non_init(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """``asdict`` also emits derived (init=False) fields, which ``from_dict`` would refuse."""
-    out = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if key in fields and not fields[key].init:
-            continue
-        hint = hints.get(key)
-        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
-            value = _strip_non_init(hint, value)
-        out[key] = value
-    return out
-
-
-def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill the derived values: peak LR (MM1's law), lambda, and the data's image geometry.
-
-    ``data.image_size`` / ``data.image_tokens`` come from the model so the packer always makes
-    the placeholders the connector fills. Raises ConfigError for an unknown size or bad model.
-    """
-    from mm1model.counting import param_counts
-
-    mcfg = model_config(config)
-    lr = config.lr if config.lr is not None else mm1_peak_lr(param_counts(mcfg).params)
-    # with sub-image decomposition the ViT sees tiles of half the side: the input is twice as big
-    image_size = mcfg.vit.image_size * (2 if mcfg.vit.sub_images else 1)
-    data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image)
-    for name, value, model_value in (("image_size", config.data.image_size, image_size),
-                                     ("image_tokens", config.data.image_tokens, mcfg.tokens_per_image)):
-        if value is not None and value != model_value:
-            raise ConfigError(f"data.{name}={value} disagrees with the model's {model_value}; leave it null")
-    weight_decay = config.weight_decay if config.weight_decay is not None else 0.1 * lr
-    return dataclasses.replace(config, lr=lr, weight_decay=weight_decay, data=data)
-
-
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """A TrainConfig from a JSON file: a plain config, or a run's ``config.json``."""
-    try:
-        data = records.read_json(path)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except ValueError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
-    return from_dict(TrainConfig, {k: v for k, v in data.items() if k not in RECORD_KEYS})
 
 
 def code_version() -> str:
@@ -324,12 +102,13 @@ def code_version() -> str:
 
 
 def peak_flops_per_s(device: torch.device, configured: float | None = None) -> float | None:
-    """Peak dense bf16 FLOP/s of one device: the configured value, else :data:`PEAK_FLOPS`."""
+    """Peak dense bf16 FLOP/s of one device: the configured value, else the datasheet value of
+    :data:`mm1model.paper.GPU_PEAK_FLOPS`."""
     if configured is not None:
         return configured
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, value in PEAK_FLOPS.items():
+        for key, value in paper.GPU_PEAK_FLOPS.items():
             if key in name:
                 return value
     return None
@@ -418,21 +197,19 @@ def build_model(config: TrainConfig, device: torch.device):
     """The MM1 of a (resolved) config, initialised from ``config.seed``, then parallelized.
 
     Initialisation is the model's own ``init_weights`` on the full model (on the host, then
-    moved to the device), so every rank holds
-    the same weights before FSDP2 shards them and a run's weights do not depend on its world
+    moved to the device), then the parametrization's (:func:`init_parametrized`), so every rank
+    holds the same weights before FSDP2 shards them and a run's weights do not depend on its world
     size. The exception is a multi-GPU run of a model with untied embeddings (the paper sizes):
     it is built on the meta device, sharded, then initialised shard by shard on the GPU, because
     a full fp32 copy per rank would not fit in host memory at 30B.
     """
-    from mm1model.model import MM1
-    from mm1model.parallelize import parallelize
-
     mcfg = model_config(config)
     ranks = dist.get_world_size() if dist.is_initialized() else 1
     meta = device.type == "cuda" and ranks > 1 and not mcfg.lm.tie_embeddings
     torch.manual_seed(config.seed)
     with torch.device("meta" if meta else "cpu"):
         model = MM1(mcfg)  # the constructor runs init_weights from the seed just set
+    init_parametrized(model)
     if not meta:
         model.to(device)
     parallelize(model, device_type=device.type, activation_checkpointing=config.activation_checkpointing,
@@ -441,6 +218,7 @@ def build_model(config: TrainConfig, device: torch.device):
         model.to_empty(device=device)
         torch.manual_seed(config.seed)
         model.init_weights()
+        init_parametrized(model)
     return model, mcfg
 
 
@@ -453,17 +231,14 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     embeddings: token embeddings, hence a tied head, and learned position embeddings). muP and
     CompleteP add groups whose ``lr_mult`` the schedule scales (see :func:`set_lr`).
     """
-    from mm1model.parametrization import param_groups
-
-    wd = torch_weight_decay(config.weight_decay, config.lr)
-    groups = param_groups(model, model.config, config.lr, wd, config.eps)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=wd)
+    opt = config.optimizer
+    wd = torch_weight_decay(opt.weight_decay, opt.lr)
+    groups = param_groups(model, model.config, opt.lr, wd, opt.eps)
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=wd)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the scheduled LR ``lr`` (= peak x s(t)) relatively: each group runs ``lr x lr_mult``."""
-    from mm1model.parametrization import set_group_lrs
-
     set_group_lrs(optimizer, lr)
 
 
@@ -477,13 +252,24 @@ def _read_final_result(run_dir: Path) -> TrainResult | None:
     return from_dict(TrainResult, data)
 
 
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 1}}`` -> ``{"optimizer.lr": 1}``: differences are named by their full key."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _check_same_run(run_dir: Path, resolved: TrainConfig) -> None:
     try:
         recorded = records.read_json(run_dir / "config.json")
     except (FileNotFoundError, ValueError):
         return
-    now = to_dict(resolved)
-    before = {k: v for k, v in recorded.items() if k not in RECORD_KEYS}
+    now = _flat(to_dict(resolved))
+    before = _flat({k: v for k, v in recorded.items() if k not in RECORD_KEYS})
     differ = sorted(k for k in set(now) | set(before)
                     if k not in RESUMABLE_CHANGES and records.dumps(now.get(k)) != records.dumps(before.get(k)))
     if differ:
@@ -527,8 +313,6 @@ def _lanes_of(config: TrainConfig, ddp: Dist) -> tuple[int, list[int]]:
 
 
 def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> TrainResult:
-    from mm1model.counting import flops_per_token, image_flops, param_counts
-
     micro, my_lanes = _lanes_of(config, ddp)
     n_lanes = config.batch_size // micro
     device = torch.device(device_type, ddp.local_rank) if device_type == "cuda" else torch.device("cpu")
@@ -541,7 +325,7 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
     started = time.time()
     state = {"step": 0, "initial_loss": None, "best_val_loss": None, "wall_s": 0.0}
     preemption = Preemption()
-    result_base = dict(params=counts.params, lr=config.lr, size=config.size, batch_size=config.batch_size,
+    result_base = dict(params=counts.params, lr=config.optimizer.lr, size=config.size, batch_size=config.batch_size,
                        seq_len=seq_len, seed=config.seed, run_dir=str(run_dir))
     try:
         # Everything that can fail for a bad config or a missing corpus runs before the first
@@ -608,7 +392,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
     if ddp.is_main and sys.stderr.isatty():
         from tqdm import tqdm
 
-        progress = tqdm(total=config.steps, initial=state["step"], desc=f"{config.size} lr={config.lr:.2e}",
+        progress = tqdm(total=config.steps, initial=state["step"], desc=f"{config.size} lr={config.optimizer.lr:.2e}",
                         unit="step", dynamic_ncols=True)
     wall_at_start, t_start = state["wall_s"], time.time()
     status, diverged_at = "ok", None
@@ -619,13 +403,13 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
     while state["step"] < config.steps:
         step = state["step"]
         t0 = time.time()
-        lr = config.lr * lr_multiplier(step, config.warmup_steps, config.decay_steps, config.min_lr_ratio)
+        lr = config.optimizer.lr_at(step)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         micro_batches = [stream.next_batch(micro_size) for stream in lanes.values()]
         images = sum(len(b["images"]) for b in micro_batches)
         loss_sum = forward_backward(model, iter(micro_batches), n_micro, device)
-        grad_norm = clip_gradients(model, config.grad_clip)
+        grad_norm = clip_gradients(model, config.optimizer.grad_clip)
         # one small all-reduce: loss sum, micro-batch count, images, signal flag
         stats = torch.tensor([float(loss_sum), n_micro, images, float(bool(preemption.received))],
                              dtype=torch.float64)
@@ -636,7 +420,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
         loss = float(stats[0] / stats[1])
         if state["initial_loss"] is None:
             state["initial_loss"] = loss
-        if not math.isfinite(loss) or (step >= config.warmup_steps
+        if not math.isfinite(loss) or (step >= config.optimizer.warmup_steps
                                        and loss > config.divergence_factor * state["initial_loss"]):
             status, diverged_at = "diverged", step + 1
         else:
@@ -654,7 +438,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             elif state["step"] % config.log_interval == 0 or status != "ok":
-                print(f"[{config.size} lr={config.lr:.2e}] step {state['step']}/{config.steps} loss {loss:.4f} "
+                print(f"[{config.size} lr={config.optimizer.lr:.2e}] step {state['step']}/{config.steps} loss {loss:.4f} "
                       f"lr {lr:.3e} grad_norm {float(grad_norm):.3f} tok/s {row['tokens_per_s']:.0f}",
                       file=sys.stderr, flush=True)
         if status == "diverged":

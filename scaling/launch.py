@@ -42,6 +42,8 @@ REFERENCES = ("mm1",)
 # TrainConfig fields a launch may set beyond the recipe (how often to evaluate, where the data is, ...).
 TRAIN_FIELDS = ("eval_interval", "eval_sequences", "checkpoint_interval", "keep_checkpoints", "log_interval",
                 "seed", "compile", "peak_flops", "divergence_factor", "betas", "eps")
+# Of those, the ones that belong to the optimizer (the recipe sets the rest of it).
+OPTIMIZER_FIELDS = ("betas", "eps")
 
 
 @dataclass
@@ -115,8 +117,6 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     get_size(size)
     law = load_law(fit, reference, size, n_convention)
     rec = recipe_for(size, law, recipe)
-    if rec.schedule != "cosine":
-        raise ConfigError(f"the trainer runs a cosine schedule only, the recipe says '{rec.schedule}'")
     plan_fields = dict(plan or {})
     device = plan_fields.setdefault("device", "cpu" if executor == "local" else "cuda")
     if executor == "local":
@@ -136,11 +136,10 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     unknown = sorted(set(extra) - set(TRAIN_FIELDS))
     if unknown:
         raise ConfigError(f"unknown train key(s) {', '.join(unknown)}; valid: {', '.join(TRAIN_FIELDS)}")
+    adam = {key: extra.pop(key) for key in OPTIMIZER_FIELDS if key in extra}
     train_config = TrainConfig(
         size=size, data=from_dict(DataConfig, {"seq_len": rec.seq_len, "max_images": rec.max_images, **data}, "data"),
-        lr=rec.peak_lr, min_lr_ratio=rec.min_lr / rec.peak_lr, warmup_steps=rec.warmup_steps,
-        decay_steps=rec.decay_steps, weight_decay=rec.weight_decay, grad_clip=rec.grad_clip, z_loss=rec.z_loss,
-        batch_size=rec.batch_size, micro_batch_size=the_plan.micro_batch_size, steps=rec.steps,
+        optimizer=dataclasses.replace(rec.optimizer(), **adam), z_loss=rec.z_loss, batch_size=rec.batch_size, micro_batch_size=the_plan.micro_batch_size, steps=rec.steps,
         activation_checkpointing=the_plan.activation_checkpointing, device=device,
         threads=plan_config.cpus_per_task if device == "cpu" else None, run_dir=str((out / "run").resolve()),
         **extra)

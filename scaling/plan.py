@@ -34,16 +34,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mm1model import paper
 from mm1model.config import ConfigError
 from mm1model.model import MM1Config
+from mm1model.paper import GPU_MEMORY_GB, GPU_PEAK_FLOPS
 
 GB = 1e9
-# GPU memory as sold (GB = 1e9 bytes; H100 SXM 80 GB, H200 141 GB).
-GPU_MEMORY_GB = {"H100": 80.0, "H200": 141.0}
-# Dense bf16 peak FLOP/s per GPU, without sparsity (vendor datasheets; the trainer's table).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 # torchtitan's FSDP2 Llama-3.1-8B runs on H100 reach 33-39% MFU in bf16 (mm1-and-peers.md).
-DEFAULT_MFU = 0.35
+DEFAULT_MFU = paper.TORCHTITAN_MFU
 # Activation checkpointing re-runs every block's forward in backward: 4/3 of the work.
 AC_RECOMPUTE = 4.0 / 3.0
 NODE_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -64,11 +62,11 @@ class PlanConfig:
 
     size: str
     model: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 512
-    seq_len: int = 4096
-    max_images: int = 16
+    batch_size: int = paper.BATCH_SIZE
+    seq_len: int = paper.SEQ_LEN
+    max_images: int = paper.MAX_IMAGES
     images_per_sequence: int | None = None
-    steps: int = 200_000
+    steps: int = paper.STEPS
     z_loss: float | None = None
     nodes: int | None = None
     gpus_per_node: int = 8

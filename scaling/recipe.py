@@ -1,11 +1,15 @@
 """The MM1 pre-training recipe for a target size, every value tagged with where it came from.
 
 Paper values (McKinzie et al. 2024, Appendix B "Pre-training" and Sec. "Final Model and
-Training Recipe"): cosine decay to 10% of the peak over 2e5 steps after a 2000-step linear
-warmup; AdamW with decoupled weight decay; gradient clipping at max norm 1; batch 512 sequences
-of 4096 tokens with up to 16 images of 144 tokens each at 378x378; z-loss 1e-4 for MM1-30B.
-Weight decay 0.1 x peak LR is from summaries of the paper ("secondary" in
-../shared/notes/mm1-and-peers.md), so it is a default a user can override like any other.
+Training Recipe"; the numbers live in :mod:`mm1model.paper`): cosine decay to 10% of the peak
+over 2e5 steps after a 2000-step linear warmup; AdamW with decoupled weight decay; gradient
+clipping at max norm 1; batch 512 sequences of 4096 tokens with up to 16 images of 144 tokens
+each at 378x378; z-loss for MM1-30B (the size table's entry says so). Weight decay 0.1 x peak LR
+is from summaries of the paper ("secondary" in ../shared/notes/mm1-and-peers.md), so it is a
+default a user can override like any other.
+
+The recipe's optimizer settings reach the trainer as one typed value, :meth:`Recipe.optimizer`
+(a :class:`mm1model.train_config.OptimizerConfig`), passed through unchanged by ``scaling launch``.
 
 The peak LR comes from a law (:class:`scaling.fit.FitResult`): origin "fit" for a law fitted by
 ``scaling fit``, "paper" for MM1's own law (``scaling.reference.mm1_law``). A value set through
@@ -19,29 +23,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mm1model import paper
 from mm1model.config import ConfigError
+from mm1model.counting import param_counts
+from mm1model.sizes import get_size, size_names
+from mm1model.train_config import SCHEDULES, OptimizerConfig
+
+from scaling.reference import mm1_law
 
 if TYPE_CHECKING:
     from scaling.fit import FitResult
 
 ORIGINS = ("fit", "paper", "user")
-
-# Paper defaults (see the module docstring for the source of each).
-MIN_LR_RATIO = 0.1
-WARMUP_STEPS = 2000
-STEPS = 200_000
-SCHEDULE = "cosine"
-WEIGHT_DECAY_RATIO = 0.1
-BATCH_SIZE = 512
-SEQ_LEN = 4096
-MAX_IMAGES = 16
-IMAGE_TOKENS = 144
-IMAGE_SIZE = 378
-GRAD_CLIP = 1.0
-Z_LOSS = 1e-4
-Z_LOSS_SIZE = "30B"
-# Used only when the size table cannot be read: z-loss from about the 30B entry's N upward.
-Z_LOSS_MIN_PARAMS_FALLBACK = 2.7e10
 
 
 @dataclass(frozen=True)
@@ -73,6 +66,12 @@ class Recipe:
     total_tokens: int
     origins: dict[str, str] = field(default_factory=dict)
 
+    def optimizer(self) -> OptimizerConfig:
+        """The trainer's optimizer-and-schedule config of this recipe (what a launch trains with)."""
+        return OptimizerConfig(lr=self.peak_lr, schedule=self.schedule, min_lr_ratio=self.min_lr_ratio,
+                               warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
+                               weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (``origins`` included)."""
         out = dataclasses.asdict(self)
@@ -84,7 +83,6 @@ class Recipe:
 OVERRIDABLE = ("peak_lr", "min_lr_ratio", "min_lr", "warmup_steps", "decay_steps", "steps",
                "schedule", "weight_decay_ratio", "weight_decay", "batch_size", "seq_len",
                "max_images", "image_tokens", "image_size", "grad_clip", "z_loss")
-SCHEDULES = ("cosine", "linear", "constant")
 
 
 def resolve_target(target: str | float | int, n_convention: str = "non_embedding") -> tuple[str | None, float]:
@@ -106,9 +104,6 @@ def resolve_target(target: str | float | int, n_convention: str = "non_embedding
         value = None
     if value is not None:
         return resolve_target(value, n_convention)
-    from mm1model.counting import param_counts
-    from mm1model.sizes import get_size
-
     return text, float(_count(param_counts(get_size(text)), n_convention))
 
 
@@ -120,13 +115,12 @@ def _count(counts: Any, n_convention: str) -> float:
     raise ConfigError(f"unknown n_convention {n_convention!r}; valid: non_embedding, total")
 
 
-def z_loss_min_params(n_convention: str = "non_embedding") -> float:
-    """Smallest N that gets MM1's z-loss: the 30B entry's N, less 10% so a raw ``3e10`` counts."""
-    try:
-        _, n30 = resolve_target(Z_LOSS_SIZE, n_convention)
-    except (ImportError, ConfigError):
-        return Z_LOSS_MIN_PARAMS_FALLBACK
-    return 0.9 * n30
+def default_z_loss(size: str | None, params: float, n_convention: str = "non_embedding") -> float:
+    """The z-loss of a target: its size-table entry's (MM1's 1e-4 at 30B, else 0); a raw N takes
+    the entry of the named size nearest to it in ln N."""
+    if size is None:
+        size = min(size_names(), key=lambda name: abs(math.log(resolve_target(name, n_convention)[1] / params)))
+    return get_size(size).lm.z_loss
 
 
 def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None,
@@ -140,8 +134,6 @@ def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None
     listing the valid ones.
     """
     if law is None:
-        from scaling.reference import mm1_law
-
         law = mm1_law()
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
@@ -158,10 +150,10 @@ def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None
         origins[key] = origin
         return default
 
-    steps = int(pick("steps", STEPS, "paper"))
+    steps = int(pick("steps", paper.STEPS, "paper"))
     decay_steps = int(pick("decay_steps", steps, origins["steps"]))
-    batch_size = int(pick("batch_size", BATCH_SIZE, "paper"))
-    seq_len = int(pick("seq_len", SEQ_LEN, "paper"))
+    batch_size = int(pick("batch_size", paper.BATCH_SIZE, "paper"))
+    seq_len = int(pick("seq_len", paper.SEQ_LEN, "paper"))
     total_tokens = steps * batch_size * seq_len
     origins["batch_tokens"] = "user" if "user" in (origins["batch_size"], origins["seq_len"]) else "paper"
     origins["total_tokens"] = "user" if "user" in (origins["steps"], origins["batch_tokens"]) else "paper"
@@ -170,13 +162,15 @@ def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None
     peak_lr = float(pick("peak_lr", predicted, law_origin))
     pi = law.prediction_interval(params, total_tokens if law.uses_tokens else None)
     origins["peak_lr_pi95"] = law_origin
-    min_lr_ratio = float(pick("min_lr_ratio", MIN_LR_RATIO, "paper"))
+    min_lr_ratio = float(pick("min_lr_ratio", paper.MIN_LR_RATIO, "paper"))
     derived_lr = "user" if "user" in (origins["peak_lr"], origins["min_lr_ratio"]) else origins["peak_lr"]
     min_lr = float(pick("min_lr", min_lr_ratio * peak_lr, derived_lr))
-    wd_ratio = float(pick("weight_decay_ratio", WEIGHT_DECAY_RATIO, "paper"))
+    if origins["min_lr"] == "user":  # an absolute floor given: the ratio the schedule runs follows from it
+        min_lr_ratio = min_lr / peak_lr
+    wd_ratio = float(pick("weight_decay_ratio", paper.WEIGHT_DECAY_RATIO, "paper"))
     derived_wd = "user" if "user" in (origins["peak_lr"], origins["weight_decay_ratio"]) else origins["peak_lr"]
     weight_decay = float(pick("weight_decay", wd_ratio * peak_lr, derived_wd))
-    z_default = Z_LOSS if params >= z_loss_min_params(law.n_convention) else 0.0
+    z_default = default_z_loss(size, params, law.n_convention)
 
     recipe = Recipe(
         size=size, params=params, n_convention=law.n_convention,
@@ -184,13 +178,13 @@ def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None
         min_lr_ratio=min_lr_ratio, min_lr=min_lr,
         warmup_steps=int(pick("warmup_steps", *_warmup(steps, origins["steps"]))),
         decay_steps=decay_steps, steps=steps,
-        schedule=str(pick("schedule", SCHEDULE, "paper")),
+        schedule=str(pick("schedule", paper.SCHEDULE, "paper")),
         weight_decay_ratio=wd_ratio, weight_decay=weight_decay,
         batch_size=batch_size, seq_len=seq_len, batch_tokens=batch_size * seq_len,
-        max_images=int(pick("max_images", MAX_IMAGES, "paper")),
-        image_tokens=int(pick("image_tokens", IMAGE_TOKENS, "paper")),
-        image_size=int(pick("image_size", IMAGE_SIZE, "paper")),
-        grad_clip=float(pick("grad_clip", GRAD_CLIP, "paper")),
+        max_images=int(pick("max_images", paper.MAX_IMAGES, "paper")),
+        image_tokens=int(pick("image_tokens", paper.IMAGE_TOKENS, "paper")),
+        image_size=int(pick("image_size", paper.IMAGE_SIZE, "paper")),
+        grad_clip=float(pick("grad_clip", paper.GRAD_CLIP, "paper")),
         z_loss=float(pick("z_loss", z_default, "paper")),
         total_tokens=total_tokens, origins=origins,
     )
@@ -201,9 +195,9 @@ def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None
 def _warmup(steps: int, steps_origin: str) -> tuple[int, str]:
     """The paper's 2000 warmup steps; a run shorter than that keeps the paper's ratio
     (2000 / 200k = 1%) instead, so ``steps`` alone can shorten a run."""
-    if steps > WARMUP_STEPS:
-        return WARMUP_STEPS, "paper"
-    return steps * WARMUP_STEPS // STEPS, steps_origin
+    if steps > paper.WARMUP_STEPS:
+        return paper.WARMUP_STEPS, "paper"
+    return steps * paper.WARMUP_STEPS // paper.STEPS, steps_origin
 
 
 def _validate(r: Recipe) -> None:

@@ -12,7 +12,7 @@ The paper publishes no intervals, so this law's intervals are None.
 """
 from __future__ import annotations
 
-from mm1model.train import MM1_INTERCEPT, MM1_LN_PARAMS, mm1_peak_lr
+from mm1model.paper import MM1_LAW_INTERCEPT as MM1_INTERCEPT, MM1_LAW_SLOPE as MM1_LN_PARAMS, mm1_peak_lr
 from scaling.fit import FitResult
 
 MM1_SWEEP_PARAMS = (9e6, 85e6, 302e6, 1.2e9)  # the sizes the paper swept

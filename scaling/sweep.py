@@ -35,14 +35,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mm1model import records
+from mm1model.counting import flops_per_token, param_counts
+from mm1model.paper import mm1_peak_lr
+from mm1model.sizes import get_size
+from mm1model.train_config import TrainConfig, model_config
 from mm1model.config import ConfigError, from_dict, to_dict
 from scaling import cells
-from scaling.reference import mm1_lr
 from scaling.runs import SizeStatus, rank_key, sweep_status
 
 EXECUTORS = ("local", "slurm", "debug")
 # Train settings a sweep fills in per cell; setting them in [train] would be ambiguous.
-_CELL_KEYS = ("size", "lr", "seed", "run_dir")
+_CELL_KEYS = ("size", "seed", "run_dir")
 
 
 def round_lr(lr: float) -> float:
@@ -77,8 +80,9 @@ class SweepConfig:
     needed, e.g. a held-out size, without paying for them at every size).
     Budget: ``steps`` or ``tokens`` (tokens -> steps = ceil(tokens / (batch_size * seq_len))),
     else the trainer's default steps. Warmup is ``warmup_fraction`` of the steps and the cosine
-    decays over all steps, unless ``train`` sets ``warmup_steps``/``decay_steps``.
-    ``train`` holds any other ``TrainConfig`` keys (batch_size, data.seq_len, ...).
+    decays over all steps, unless ``train.optimizer`` sets ``warmup_steps``/``decay_steps``.
+    ``train`` holds any other ``TrainConfig`` keys (batch_size, data.seq_len, optimizer.betas, ...);
+    the peak LR (``optimizer.lr``) is each cell's own.
     """
 
     sizes: tuple[str, ...] = ()
@@ -216,7 +220,12 @@ class SweepPlan:
         return sum(len(s.lrs) * s.seeds for s in self.sizes)
 
     def cell_train(self, size: str, lr: float, seed: int) -> dict[str, Any]:
-        return {**self.train, "size": size, "lr": lr, "seed": seed}
+        return cell_train(self.train, size, lr, seed)
+
+
+def cell_train(train: dict[str, Any], size: str, lr: float, seed: int) -> dict[str, Any]:
+    """The TrainConfig dict of one cell: the sweep's shared ``train`` with the cell's size, peak LR and seed."""
+    return {**train, "size": size, "seed": seed, "optimizer": {**train.get("optimizer", {}), "lr": lr}}
 
 
 def _grid(config: SweepConfig, size: str, params: int) -> tuple[float, ...]:
@@ -229,7 +238,7 @@ def _grid(config: SweepConfig, size: str, params: int) -> tuple[float, ...]:
             raise ConfigError(f"empty grid: points must be >= 1, got {config.points}")
         if config.span < 0:
             raise ConfigError(f"span must be >= 0 decades, got {config.span}")
-        center = math.log10(config.center_factor * mm1_lr(params))
+        center = math.log10(config.center_factor * mm1_peak_lr(params))
         if config.points == 1:
             lrs = (10 ** center,)
         else:
@@ -267,9 +276,6 @@ def _cores() -> int:
 
 def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Validate a config and resolve it into a plan. Writes nothing; raises ConfigError."""
-    from mm1model.counting import flops_per_token, param_counts
-    from mm1model.sizes import get_size
-
     if not config.sizes:
         raise ConfigError("no sizes: give --sizes (e.g. --sizes 100K,300K) or sizes in the sweep file")
     if config.executor not in EXECUTORS:
@@ -288,6 +294,8 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     if config.max_retries < 0 or config.max_extend < 0:
         raise ConfigError("max_retries and max_extend must be >= 0")
     bad = sorted(set(config.train) & set(_CELL_KEYS))
+    if "lr" in (config.train.get("optimizer") or {}):
+        bad.append("optimizer.lr")
     if bad:
         raise ConfigError(f"[train] may not set {', '.join(bad)}: the sweep sets them per cell")
     for key in ("lrs_by_size", "seeds_by_size"):
@@ -296,24 +304,23 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
             raise ConfigError(f"{key} names sizes not in the sweep: {', '.join(unknown_sizes)}")
     models = {size: get_size(size) for size in config.sizes}  # unknown size -> ConfigError
 
-    from mm1model.train import TrainConfig
-
     train = dict(config.train)
     train.setdefault("threads", 1)
-    probe = from_dict(TrainConfig, {**train, "size": config.sizes[0], "lr": 1e-3}, where="[train]")
+    probe = from_dict(TrainConfig, {**train, "size": config.sizes[0]}, where="[train]")
     batch_size, seq_len = probe.batch_size, probe.data.seq_len
     if config.tokens is not None:
         steps = math.ceil(config.tokens / (batch_size * seq_len))
     else:
         steps = config.steps if config.steps is not None else probe.steps
     train["steps"] = steps
-    if "warmup_steps" not in config.train:
-        train["warmup_steps"] = int(round(config.warmup_fraction * steps))
-    if "decay_steps" not in config.train:
-        train["decay_steps"] = steps
-    train = to_dict(from_dict(TrainConfig, {**train, "size": config.sizes[0], "lr": 1e-3}, where="[train]"))
+    optimizer = dict(train.get("optimizer") or {})
+    optimizer.setdefault("warmup_steps", int(round(config.warmup_fraction * steps)))
+    optimizer.setdefault("decay_steps", steps)
+    train["optimizer"] = optimizer
+    train = to_dict(from_dict(TrainConfig, {**train, "size": config.sizes[0]}, where="[train]"))
     for key in _CELL_KEYS:
         train.pop(key, None)
+    train["optimizer"].pop("lr")
 
     cores = _cores()
     threads = int(train.get("threads") or 1)
@@ -330,18 +337,16 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     if max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {max_parallel}")
 
-    from mm1model.train import model_config
-
     # each size's model as the trainer will build it ([train.model] overrides included), so a
     # bad override fails here, before any job starts, and N counts what is trained
-    models = {size: model_config(from_dict(TrainConfig, {**train, "size": size, "lr": 1e-3}, where="[train]"))
+    models = {size: model_config(from_dict(TrainConfig, {**train, "size": size}, where="[train]"))
               for size in models}
     tokens = steps * batch_size * seq_len
     plans = []
     for size, model in models.items():
         params = param_counts(model).params
         flops = flops_per_token(model, seq_len) * tokens
-        plans.append(SizePlan(size=size, params=params, mm1_lr=mm1_lr(params),
+        plans.append(SizePlan(size=size, params=params, mm1_lr=mm1_peak_lr(params),
                               lrs=_grid(config, size, params), seeds=config.seeds_by_size.get(size, config.seeds),
                               steps=steps, tokens=tokens,
                               batch_size=batch_size, seq_len=seq_len, flops=flops))
@@ -357,7 +362,7 @@ def describe_plan(plan: SweepPlan) -> str:
              f"at most {plan.max_parallel} at once)"]
     first = plan.sizes[0]
     lines.append(f"budget per cell: {first.steps} steps x {first.batch_size} seqs x {first.seq_len} "
-                 f"tokens = {first.tokens:.3g} tokens, warmup {plan.train.get('warmup_steps')} steps")
+                 f"tokens = {first.tokens:.3g} tokens, warmup {plan.train['optimizer']['warmup_steps']} steps")
     if c.executor == "slurm":
         s = c.slurm
         lines.append(f"resources per job: {s.nodes} node(s) x {s.tasks_per_node} task(s), {s.gpus_per_node} GPU(s)/node, "
@@ -414,7 +419,7 @@ def _prepare_dir(plan: SweepPlan) -> dict[str, Any]:
         for lr in entry["lrs"] + entry["extended"]:
             for seed in range(size_seeds(meta, size)):
                 cells.write_cell(plan.out / size / cells.cell_name(lr, seed), size, lr, seed,
-                                 {**meta["train"], "size": size, "lr": lr, "seed": seed})
+                                 cell_train(meta["train"], size, lr, seed))
     return meta
 
 
@@ -646,8 +651,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], *, progress: bool, echo: Calla
                 records.write_json(plan.out / "sweep.json", meta)
                 for seed in range(size_seeds(meta, size)):
                     path = plan.out / size / cells.cell_name(new, seed)
-                    cells.write_cell(path, size, new, seed, {**meta["train"], "size": size, "lr": new,
-                                                             "seed": seed})
+                    cells.write_cell(path, size, new, seed, cell_train(meta["train"], size, new, seed))
                     states[path] = cells.cell_state(path)
                     todo.append(path)
             # a job counts from submission (queued) until its cell is settled

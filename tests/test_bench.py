@@ -157,6 +157,7 @@ def test_gpu_script_writes_records_to_out(tmp_path):
 def test_per_document_attention_equals_the_dense_mask():
     """What --compare's doc_mask measures: from 512 tokens on CPU the LM attends one document
     at a time; it must give the dense mask's outputs and gradients (to float rounding)."""
+    from mm1model import masks
     from mm1model import model as m
     from mm1model.sizes import get_size
 
@@ -166,15 +167,15 @@ def test_per_document_attention_equals_the_dense_mask():
     lengths = ([100, 300, 112], [512], [7, 5, 500])  # a row of one document takes the fused causal path
     doc_ids = torch.stack([torch.cat([torch.full((n,), d) for d, n in enumerate(row)]) for row in lengths])
     position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
-    spans = m.document_mask(doc_ids)
+    spans = masks.document_mask(doc_ids)
     assert spans == [[(0, 100), (100, 400), (400, 512)], [(0, 512)], [(0, 7), (7, 12), (12, 512)]]
-    assert m.document_mask(doc_ids[1:2]) is None and isinstance(m.document_mask(doc_ids[:, :256]), torch.Tensor)
-    assert m.document_spans(torch.tensor([[0, 1, 0]])) is None  # a document in two runs: dense mask only
+    assert masks.document_mask(doc_ids[1:2]) is None and isinstance(masks.document_mask(doc_ids[:, :256]), torch.Tensor)
+    assert masks.document_spans(torch.tensor([[0, 1, 0]])) is None  # a document in two runs: dense mask only
     x = torch.randn(3, 512, mcfg.lm.d_model, requires_grad=True)
     ours = lm(x, position_ids, doc_ids)
     (grad_ours,) = torch.autograd.grad(ours.square().mean(), x)
     cos, sin = m.rope_cos_sin(position_ids, mcfg.lm.head_dim, mcfg.lm.rope_theta)
-    h, dense = x, m.doc_attention_mask(doc_ids)
+    h, dense = x, masks.doc_attention_mask(doc_ids)
     for block in lm.blocks:
         h = block(h, cos, sin, dense)
     reference = lm.output(lm.norm(h))

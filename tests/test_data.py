@@ -17,8 +17,8 @@ from mm1model import records
 from mm1model.config import ConfigError, from_dict
 from mm1model.data import (DataConfig, MixtureConfig, PackedStream, prepare_corpus, split_of,
                            validation_batches)
-from mm1model.data.corpus import (MANIFEST, write_caption_shards, write_interleaved,
-                                  write_text_docs)
+from mm1model.data.corpus import MANIFEST
+from mm1model.data.writers import write_caption_shards, write_interleaved, write_text_docs
 from mm1model.data.images import CLIP_MEAN, CLIP_STD, preprocess
 from mm1model.data.mixture import MixtureSampler
 from mm1model.data.stream import clear_document_cache

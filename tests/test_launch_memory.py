@@ -44,10 +44,11 @@ def measure(size: str, micro: int, seq_len: int, images: int, docs: int) -> dict
     from mm1model.tokens import IGNORE_INDEX, IMAGE_ID
     from mm1model.train import (TrainConfig, build_model, build_optimizer, clip_gradients, forward_backward,
                                 model_config)
+    from mm1model.train_config import OptimizerConfig
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = TrainConfig(size=size, lr=1e-3, weight_decay=0.0, batch_size=micro, device="cpu")
+    config = TrainConfig(size=size, optimizer=OptimizerConfig(lr=1e-3, weight_decay=0.0), batch_size=micro, device="cpu")
     mcfg = model_config(config)
     k = mcfg.tokens_per_image
     ids = torch.randint(5, mcfg.lm.vocab_size, (micro, seq_len))

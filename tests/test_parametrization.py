@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from mm1model.config import ConfigError, from_dict, replace, to_dict
 from mm1model.model import MM1, MM1Config
-from mm1model.parametrization import param_groups, param_rules, set_group_lrs
+from mm1model.parametrization import init_parametrized, param_groups, param_rules, parametrize, set_group_lrs
 from mm1model.sizes import FAMILIES, family_of, get_size, size_names, size_table
 from scaling.cli import main
 
@@ -29,7 +29,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def config(size: str, parametrization: str = "sp", base: str | None = None, **extra) -> MM1Config:
-    return replace(get_size(size), parametrization=parametrization, base_size=base, **extra)
+    return parametrize(replace(get_size(size), parametrization=parametrization, base_size=base, **extra))
+
+
+def build(cfg: MM1Config) -> MM1:
+    """An MM1 initialised as the trainer initialises it: SP's init, then the parametrization's."""
+    return init_parametrized(MM1(cfg))
 
 
 def batch(vocab: int = 4096, b: int = 4, t: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +75,7 @@ def test_config_json_round_trip_keeps_the_rule():
     (lambda: config("w128", "mup", "w33"), r"^unknown size 'w33'"),
     (lambda: config("w128", "ntk", "w32"), r"^unknown parametrization 'ntk'; valid: sp, mup, completep$"),
     (lambda: config("d8", "completep", "d2", alpha=2.0), r"^alpha must be in \[0, 1\]"),
-    (lambda: replace(config("w128", "mup", "w32"), lm={"readout_mult": 0.5}),
+    (lambda: parametrize(replace(config("w128", "mup", "w32"), lm={"readout_mult": 0.5})),
      r"^lm.readout_mult=0.5 conflicts with parametrization mup \(which sets 0.25\); leave it unset$"),
 ])
 def test_bad_parametrization_is_one_clear_line(make, message):
@@ -81,7 +86,7 @@ def test_bad_parametrization_is_one_clear_line(make, message):
 # ------------------------------------------------------------------------------------ init
 def test_mup_init_zero_query_and_readout_and_hidden_std():
     torch.manual_seed(0)
-    model = MM1(config("w256", "mup", "w32"))
+    model = build(config("w256", "mup", "w32"))
     lm = model.lm
     assert all(b.attention.wq.weight.abs().max() == 0 for b in lm.blocks)
     assert lm.output.weight.abs().max() == 0
@@ -96,7 +101,7 @@ def test_mup_init_zero_query_and_readout_and_hidden_std():
 
 def test_completep_residual_init_uses_the_base_depth():
     torch.manual_seed(0)
-    model = MM1(config("d8", "completep", "d2"))
+    model = build(config("d8", "completep", "d2"))
     # sigma / sqrt(2 L_base) = 0.02 / 2 at every depth; SP would give 0.02 / 4 at 8 layers
     w2 = torch.cat([b.feed_forward.w2.weight.flatten() for b in model.lm.blocks])
     assert w2.std().item() == pytest.approx(0.01, rel=0.02)
@@ -105,9 +110,9 @@ def test_completep_residual_init_uses_the_base_depth():
 def test_sp_is_untouched_golden_loss():
     """sp draws exactly what the model always drew (test_model pins the same number at 100K)."""
     torch.manual_seed(0)
-    a = MM1(get_size("w64"))
+    a = build(get_size("w64"))
     torch.manual_seed(0)
-    b = MM1(config("w64", "sp", "w32"))  # base_size is ignored by sp
+    b = build(config("w64", "sp", "w32"))  # base_size is ignored by sp
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
@@ -127,7 +132,7 @@ def _trainer_split(model):
 
 
 def test_sp_groups_are_the_trainers_split():
-    model = MM1(get_size("100K"))
+    model = build(get_size("100K"))
     ours = param_groups(model, None, lr=1e-3, weight_decay=0.1, eps=1e-8)
     decay, no_decay = _trainer_split(model)
     assert [g["name"] for g in ours] == ["decay", "no_decay"]
@@ -144,7 +149,7 @@ def test_sp_groups_are_the_trainers_split():
 
 
 def test_mup_groups_pinned():
-    model = MM1(config("w128", "mup", "w32"))
+    model = build(config("w128", "mup", "w32"))
     groups = {g["name"]: g for g in param_groups(model, None, lr=1e-2, weight_decay=0.1, eps=1e-8)}
     hidden = groups["hidden/decay/lr_x0.25/eps_x0.25"]
     # 7 matrices per block x 2 blocks + the connector's d x d layer
@@ -160,7 +165,7 @@ def test_mup_groups_pinned():
 
 
 def test_completep_groups_pinned():
-    model = MM1(config("d8", "completep", "d2", alpha=0.5))
+    model = build(config("d8", "completep", "d2", alpha=0.5))
     groups = param_groups(model, None, lr=1e-2, weight_decay=0.1, eps=1e-8)
     by_name = {g["name"]: g for g in groups}
     # m = 1, m_L = 4, alpha 1/2: block matrices LR x 4^-1/2, eps x 4^-1/2; norms in blocks alike
@@ -193,14 +198,14 @@ def test_schedule_keeps_group_factors_and_checkpoint_round_trip(tmp_path):
 
     cfg = config("w64", "mup", "w32")
     torch.manual_seed(0)
-    model = MM1(cfg)
+    model = build(cfg)
     opt = _optimizer(model)
     straight = _train_steps(model, opt, range(4), 1e-2)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["hidden/decay/lr_x0.5/eps_x0.5"] == pytest.approx(1e-2 * 0.5) and lrs["decay"] == pytest.approx(1e-2)
 
     torch.manual_seed(0)
-    first = MM1(cfg)
+    first = build(cfg)
     opt = _optimizer(first)
     resumed = _train_steps(first, opt, range(2), 1e-2)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -208,7 +213,7 @@ def test_schedule_keeps_group_factors_and_checkpoint_round_trip(tmp_path):
     torch.save({"model": model_sd, "optimizer": optim_sd}, tmp_path / "ckpt.pt")
 
     torch.manual_seed(1)  # different weights: everything must come from the checkpoint
-    second = MM1(from_dict(MM1Config, to_dict(cfg)))
+    second = build(from_dict(MM1Config, to_dict(cfg)))
     opt2 = _optimizer(second)
     for group in opt2.param_groups:  # a wrong factor is overwritten by the saved one
         group["lr_mult"] = 7.0
@@ -230,20 +235,20 @@ _FSDP_SCRIPT = textwrap.dedent('''
     from mm1model.config import replace
     from mm1model.model import MM1
     from mm1model.parallelize import parallelize
-    from mm1model.parametrization import param_groups, set_group_lrs
+    from mm1model.parametrization import init_parametrized, param_groups, parametrize, set_group_lrs
     from mm1model.sizes import get_size
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = replace(get_size("w64"), parametrization="mup", base_size="w32")
+    cfg = parametrize(replace(get_size("w64"), parametrization="mup", base_size="w32"))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 4096, (4, 33), generator=g)
     ids, labels = ids[rank::world, :-1], ids[rank::world, 1:]
 
     def build(seed):
         torch.manual_seed(seed)
-        model = parallelize(MM1(cfg))
+        model = parallelize(init_parametrized(MM1(cfg)))
         opt = torch.optim.AdamW(param_groups(model, None, 1e-2, 0.1, 1e-8), lr=1e-2, betas=(0.9, 0.95))
         return model, opt
 
@@ -284,7 +289,7 @@ def test_two_process_fsdp2_keeps_group_lrs_and_follows_one_process(tmp_path):
     2 gloo processes with FSDP2, against one process on the whole batch. Same tolerance as the
     trainer's FSDP2 test (1e-4 absolute, floating-point order only)."""
     torch.manual_seed(0)
-    model = MM1(config("w64", "mup", "w32"))
+    model = build(config("w64", "mup", "w32"))
     one = _train_steps(model, _optimizer(model), range(4), 1e-2)
     script = tmp_path / "fsdp_mup.py"
     script.write_text(_FSDP_SCRIPT)
@@ -313,7 +318,7 @@ def test_families():
     assert [get_size(n).lm.n_layers for n in size_names("depth")] == [2, 4, 8, 16, 6, 12, 24, 48]
     assert [get_size(n).lm.d_model for n in size_names("depth")] == [64] * 4 + [1024] * 4
     # a GPU family's base is valid for its larger members: same vocabulary, encoder, connector
-    assert replace(get_size("gw2048"), parametrization="mup", base_size="gw256").lm.readout_mult == 1 / 8
+    assert config("gw2048", "mup", "gw256").lm.readout_mult == 1 / 8
     assert family_of("w32") == "width" and family_of("d8") == "depth" and family_of("1M") == "mm1"
     rows = size_table(["w32", "d8", "100K"])
     assert [(r["family"], r["params"]) for r in rows] == [("width", 26_784), ("depth", 427_072), ("mm1", 97_600)]

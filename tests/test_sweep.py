@@ -24,7 +24,8 @@ from mm1model.tokens import CORPUS_VOCAB_SIZE
 from scaling import cells
 from scaling.cli import main
 from scaling.runs import RUN_COLUMNS, collect_runs, rank_key, sweep_status
-from scaling.sweep import SweepConfig, load_sweep_config, mm1_lr, plan_sweep, run_sweep, sweep_arms
+from mm1model.paper import mm1_peak_lr as mm1_lr
+from scaling.sweep import SweepConfig, load_sweep_config, plan_sweep, run_sweep, sweep_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -305,7 +306,7 @@ def test_flags_override_the_sweep_file(tmp_path):
     toml.write_text('sizes = ["100K", "300K"]\nsteps = 7\n[lrs_by_size]\n"100K" = [1e-3, 2e-3]\n')
     base = plan_sweep(load_sweep_config(toml))
     assert base.sizes[0].lrs == (1e-3, 2e-3) and len(base.sizes[1].lrs) == 7 and base.train["steps"] == 7
-    assert base.train["warmup_steps"] == 1 and base.train["decay_steps"] == 7  # 10% of 7 steps, rounded
+    assert base.train["optimizer"]["warmup_steps"] == 1 and base.train["optimizer"]["decay_steps"] == 7  # 10% of 7 steps, rounded
     flagged = plan_sweep(load_sweep_config(toml, lrs=(5e-3,), tokens=10_000, sizes=("100K",)))
     assert [s.lrs for s in flagged.sizes] == [(5e-3,)]
     # tokens -> steps: ceil(10000 / (512 sequences x 4096 tokens)), the trainer's default batch

@@ -5,6 +5,7 @@ bundled corpus (prepared once; ``$MM1_CORPUS`` points elsewhere).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,8 +21,10 @@ import torch
 
 from mm1model import records
 from mm1model.config import ConfigError, from_dict, to_dict
+from mm1model.paper import mm1_peak_lr
 from mm1model.train import (TrainConfig, TrainResult, build_model, build_optimizer, load_config, lr_multiplier,
                             main, resolve, torch_weight_decay, train)
+from mm1model.train_config import OptimizerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -36,10 +39,16 @@ def corpus() -> str:
     return str(default_corpus_dir())
 
 
+OPTIMIZER_KEYS = tuple(f.name for f in dataclasses.fields(OptimizerConfig))
+
+
 def small(corpus: str, run_dir: Path, **changes) -> TrainConfig:
-    """30 steps of 100K, warmup 5, cosine to step 30, checkpoints every 5 steps."""
-    base = {"size": "100K", "data": {"corpus": corpus, "seq_len": 128}, "lr": 3e-3, "warmup_steps": 5,
-            "decay_steps": 30, "batch_size": 8, "steps": 30, "eval_interval": 10, "eval_sequences": 16,
+    """30 steps of 100K, warmup 5, cosine to step 30, checkpoints every 5 steps. ``changes`` may
+    name optimizer keys (lr, warmup_steps, ...) flat: they go into ``optimizer``."""
+    optimizer = {"lr": 3e-3, "warmup_steps": 5, "decay_steps": 30,
+                 **{k: changes.pop(k) for k in list(changes) if k in OPTIMIZER_KEYS}}
+    base = {"size": "100K", "data": {"corpus": corpus, "seq_len": 128}, "optimizer": optimizer,
+            "batch_size": 8, "steps": 30, "eval_interval": 10, "eval_sequences": 16,
             "checkpoint_interval": 5, "threads": 1, "run_dir": str(run_dir)}
     return from_dict(TrainConfig, {**base, **changes})
 
@@ -104,7 +113,8 @@ def test_decoupled_weight_decay_one_step_by_hand():
     lam, step = 0.02, 2  # lambda, and an update inside warmup: s = 3 / 5
     s = lr_multiplier(step, 5, 30)
     for peak in (1e-3, 1e-2):
-        config = resolve(TrainConfig(size="100K", lr=peak, weight_decay=lam, warmup_steps=5, decay_steps=30))
+        config = resolve(TrainConfig(size="100K", optimizer=OptimizerConfig(lr=peak, weight_decay=lam, warmup_steps=5,
+                                                                            decay_steps=30)))
         model, _ = build_model(config, torch.device("cpu"))
         optimizer = build_optimizer(model, config)
         assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(lam / peak)
@@ -134,15 +144,17 @@ def test_decoupled_weight_decay_one_step_by_hand():
 
 
 def test_default_lambda_is_a_tenth_of_peak_lr_and_torch_wd_is_its_ratio():
-    config = resolve(TrainConfig(size="100K", lr=4e-3))
+    config = resolve(TrainConfig(size="100K", optimizer=OptimizerConfig(lr=4e-3))).optimizer
     assert config.weight_decay == pytest.approx(4e-4)
     assert torch_weight_decay(config.weight_decay, config.lr) == pytest.approx(0.1)
-    mm1 = resolve(TrainConfig(size="100K"))  # lr None -> MM1's law at N = 97,600
-    assert mm1.lr == pytest.approx(math.exp(-0.4214 * math.log(97_600) - 0.5535))
+    # no peak LR: the trainer has no law of its own and says so (MM1's law is mm1model.paper's)
+    with pytest.raises(ConfigError, match=r"^optimizer.lr \(the peak LR\) is not set"):
+        resolve(TrainConfig(size="100K"))
+    assert mm1_peak_lr(97_600) == pytest.approx(math.exp(-0.4214 * math.log(97_600) - 0.5535))
 
 
 def test_no_decay_on_norms_biases_embeddings():
-    config = resolve(TrainConfig(size="100K", lr=1e-3))
+    config = resolve(TrainConfig(size="100K", optimizer=OptimizerConfig(lr=1e-3)))
     model, _ = build_model(config, torch.device("cpu"))
     decay, no_decay = build_optimizer(model, config).param_groups
     assert (decay["name"], decay["weight_decay"], no_decay["name"], no_decay["weight_decay"]) == \
@@ -166,7 +178,7 @@ def test_unknown_key_fails_before_training_and_lists_valid_keys(tmp_path, capsys
         load_config(path)
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown key(s) learning_rate") and "warmup_steps" in err
+    assert err.startswith("error: unknown key(s) learning_rate") and "optimizer" in err
     assert not run_dir.exists()
 
 
@@ -176,10 +188,10 @@ def test_bad_values_and_missing_corpus_write_nothing(tmp_path):
     with pytest.raises(ConfigError, match="micro_batch_size 3 must divide batch_size 8"):
         TrainConfig(batch_size=8, micro_batch_size=3)
     with pytest.raises(ConfigError, match="lr must be a positive number"):
-        TrainConfig(lr=float("nan"))
+        OptimizerConfig(lr=float("nan"))
     with pytest.raises(ConfigError, match="is not prepared"):
         train(TrainConfig(data=from_dict(TrainConfig, {"data": {"corpus": str(tmp_path / "none"), "seq_len": 128}}).data,
-                          batch_size=8, run_dir=str(tmp_path / "b")))
+                          optimizer=OptimizerConfig(lr=1e-3), batch_size=8, run_dir=str(tmp_path / "b")))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -187,7 +199,7 @@ def test_a_different_config_in_the_same_run_dir_is_refused(corpus, tmp_path):
     run_dir = tmp_path / "run"
     train(small(corpus, run_dir, steps=2, eval_sequences=8))
     (run_dir / "result.json").unlink()  # an unfinished run
-    with pytest.raises(ConfigError, match="holds a different run \\(differs in lr, weight_decay\\)"):
+    with pytest.raises(ConfigError, match="holds a different run \\(differs in optimizer.lr, optimizer.weight_decay\\)"):
         train(small(corpus, run_dir, steps=2, eval_sequences=8, lr=1e-3))
 
 
@@ -200,9 +212,9 @@ def test_records_of_a_finished_run(reference, corpus, tmp_path):
     assert set(result.val_loss_by_source) == {"caption", "interleaved", "text"}
     assert result.final_val_loss == result.best_val_loss < rows[0]["loss"]
     config = records.read_json(run_dir / "config.json")
-    assert config["params"] == 97_600 and config["code_version"] and config["weight_decay"] == pytest.approx(3e-4)
+    assert config["params"] == 97_600 and config["code_version"] and config["optimizer"]["weight_decay"] == pytest.approx(3e-4)
     assert config["data"]["image_size"] == 32 and config["data"]["image_tokens"] == 16  # from the model
-    assert load_config(run_dir / "config.json").lr == 3e-3  # a run's config.json reads back
+    assert load_config(run_dir / "config.json").optimizer.lr == 3e-3  # a run's config.json reads back
     evals = [r for r in records.read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
     assert [e["step"] for e in evals] == [10, 20, 30]
     assert [r["step"] for r in rows] == list(range(1, 31))

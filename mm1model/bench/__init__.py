@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from mm1model import paper
 from mm1model.bench.step import bench, synthetic_batch
 from mm1model.config import ConfigError
 
@@ -74,7 +75,7 @@ def _size(args: argparse.Namespace) -> int:
     import torch
 
     on_gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
-    out = bench(args.size, args.seq_len or (4096 if on_gpu else 128), args.batch_size or 8, args.micro_batch_size,
+    out = bench(args.size, args.seq_len or (paper.SEQ_LEN if on_gpu else 128), args.batch_size or 8, args.micro_batch_size,
                 args.steps or 5, 2 if args.warmup is None else args.warmup, args.threads, args.images_per_seq,
                 args.peak_flops, args.device, args.compile, args.activation_checkpointing, fsdp=args.fsdp,
                 compile_backend=args.compile_backend, model=args.model)
@@ -114,7 +115,7 @@ def _gpu(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown compile mode(s) {unknown}; valid: eager, compiled")
     echo = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: print(format_record(r), flush=True))
     gpu_bench(sizes=args.sizes or GPU_SIZES, compile_modes=tuple(modes[m] for m in args.compile_modes),
-              seq_len=args.seq_len or 4096, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+              seq_len=args.seq_len or paper.SEQ_LEN, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
               steps=args.steps or 8, warmup=3 if args.warmup is None else args.warmup, device=args.device,
               compile_backend=args.compile_backend, model=args.model, threads=args.threads, echo=echo)
     return 0

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 
+from mm1model import paper
 from mm1model.config import ConfigError
 
 CPU_SIZES = ("100K", "300K", "1M", "3M")
@@ -118,7 +119,7 @@ def hf_llama(lm_cfg) -> torch.nn.Module:
 def _optimizer(module: torch.nn.Module) -> torch.optim.AdamW:
     # The same optimizer for every contender: the trainer's betas and decay, torch's default
     # (foreach) AdamW implementation.
-    return torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-5)
+    return torch.optim.AdamW(module.parameters(), lr=1e-4, betas=paper.ADAM_BETAS, weight_decay=1e-5)
 
 
 def _step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]):
@@ -192,14 +193,15 @@ def compare_lm(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int 
 
 def compare_mm1(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int = 5, calls: int = 2) -> Comparison:
     """``mm1_step/SIZE``: the trainer's full MM1 step with images against our LM step alone."""
-    from mm1model.bench.step import synthetic_batch
+    from mm1model.bench.step import BENCH_LR, synthetic_batch
     from mm1model.data import DataConfig
     from mm1model.loss import linear_cross_entropy
     from mm1model.train import TrainConfig, build_model, clip_gradients, forward_backward, resolve
+    from mm1model.train_config import OptimizerConfig
 
     load = _load()
     config = resolve(TrainConfig(size=size, data=DataConfig(seq_len=seq_len), batch_size=batch_size,
-                                 warmup_steps=0, device="cpu"))
+                                 optimizer=OptimizerConfig(lr=BENCH_LR, warmup_steps=0), device="cpu"))
     cpu = torch.device("cpu")
     model, mcfg = build_model(config, cpu)
     tpi = mcfg.tokens_per_image
@@ -240,11 +242,13 @@ def packed_doc_ids(seq_len: int, batch_size: int, size: str = "1M",
     """(doc_ids, position_ids) (B, T) of the first ``batch_size`` packed training rows at
     ``seq_len`` of the bundled corpus, as the trainer packs them for ``size`` (its image tokens
     and resolution): the mixture's real document lengths."""
+    from mm1model.bench.step import BENCH_LR
     from mm1model.data import DataConfig, PackedStream
     from mm1model.train import TrainConfig, resolve
+    from mm1model.train_config import OptimizerConfig
 
     data = DataConfig(corpus=corpus, seq_len=seq_len, seed=0)
-    data = resolve(TrainConfig(size=size, data=data, warmup_steps=0)).data
+    data = resolve(TrainConfig(size=size, data=data, optimizer=OptimizerConfig(lr=BENCH_LR, warmup_steps=0))).data
     batch = PackedStream(data).next_batch(batch_size)
     return batch["doc_ids"], batch["position_ids"]
 
@@ -290,7 +294,8 @@ def overhead_cell_train(corpus: str | None = None, size: str = "1M") -> dict[str
     data: dict[str, Any] = {"seq_len": 128}
     if corpus is not None:
         data["corpus"] = corpus
-    return {"size": size, "lr": 1e-3, "seed": 0, "steps": 2, "warmup_steps": 1, "decay_steps": 2, "batch_size": 8,
+    return {"size": size, "optimizer": {"lr": 1e-3, "warmup_steps": 1, "decay_steps": 2}, "seed": 0, "steps": 2,
+            "batch_size": 8,
             "threads": 1, "eval_interval": 0, "eval_sequences": 32, "checkpoint_interval": 0, "log_interval": 50,
             "data": data}
 
@@ -360,7 +365,7 @@ def measure_overhead(executor: str = "local", repeats: int = 3, corpus: str | No
         runs = []
         for i in range(repeats):
             cell = root / f"cell{i}"
-            write_cell(cell, train["size"], train["lr"], train["seed"], train)
+            write_cell(cell, train["size"], train["optimizer"]["lr"], train["seed"], train)
             submitted = time.time()
             job = ex.submit(CellJob(), str(cell))
             outcome = job.result()

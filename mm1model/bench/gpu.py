@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from mm1model import paper
 from mm1model.bench.step import bench
 
 GPU_SIZES = ("85M", "302M", "1.2B")
@@ -25,7 +26,7 @@ GPU_BATCH = {"85M": (4, 4), "302M": (4, 4), "1.2B": (4, 2)}
 
 
 def gpu_bench(sizes: tuple[str, ...] = GPU_SIZES, compile_modes: tuple[bool, ...] = (False, True),
-              seq_len: int = 4096, batch_size: int | None = None, micro_batch_size: int | None = None,
+              seq_len: int = paper.SEQ_LEN, batch_size: int | None = None, micro_batch_size: int | None = None,
               steps: int = 8, warmup: int = 3, device: str | None = None, compile_backend: str = "inductor",
               model: dict[str, Any] | None = None, threads: int | None = None,
               echo: Callable[[dict[str, Any]], None] = lambda _: None) -> list[dict[str, Any]]:

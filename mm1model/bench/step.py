@@ -25,6 +25,10 @@ from mm1model.data import DataConfig
 from mm1model.tokens import IGNORE_INDEX, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIAL_TOKENS
 
 
+# The peak LR of a benchmarked step: what a step costs does not depend on it.
+BENCH_LR = 1e-3
+
+
 def synthetic_batch(batch_size: int, seq_len: int, tokens_per_image: int, image_size: int,
                     vocab_size: int, images_per_seq: int, generator: torch.Generator) -> dict[str, Any]:
     """A packed batch of random tokens: each sequence holds two documents, the first opening with
@@ -66,6 +70,7 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
     from mm1model.counting import flops_per_token, image_flops, param_counts
     from mm1model.parallelize import parallelize
     from mm1model.train import TrainConfig, build_model, init_distributed, peak_flops_per_s, resolve
+    from mm1model.train_config import OptimizerConfig
 
     if steps < 1 or warmup < 0:
         raise ConfigError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
@@ -73,7 +78,8 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
         torch.set_num_threads(threads)
     baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     config = resolve(TrainConfig(size=size, model=dict(model or {}), data=DataConfig(seq_len=seq_len),
-                                 batch_size=batch_size, micro_batch_size=micro_batch_size, warmup_steps=0,
+                                 batch_size=batch_size, micro_batch_size=micro_batch_size,
+                                 optimizer=OptimizerConfig(lr=BENCH_LR, warmup_steps=0),
                                  device=device, compile=compile, activation_checkpointing=activation_checkpointing))
     device_type = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ddp = init_distributed(device_type)
@@ -146,7 +152,7 @@ def _time_steps(model, mcfg, config, dev: torch.device, ddp, batch_size: int, se
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         forward_backward(model, iter(micro_batches), len(micro_batches), dev)
-        clip_gradients(model, config.grad_clip)
+        clip_gradients(model, config.optimizer.grad_clip)
         optimizer.step()
 
     for _ in range(warmup):

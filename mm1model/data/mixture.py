@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from mm1model import paper
 from mm1model.config import ConfigError
 
 SOURCES = ("caption", "interleaved", "text")
@@ -25,9 +26,9 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 class MixtureConfig:
     """Relative weights of the three sources (normalised to sum to 1; MM1: 45/45/10)."""
 
-    caption: float = 0.45
-    interleaved: float = 0.45
-    text: float = 0.10
+    caption: float = paper.MIXTURE["caption"]
+    interleaved: float = paper.MIXTURE["interleaved"]
+    text: float = paper.MIXTURE["text"]
 
     def __post_init__(self) -> None:
         values = self.as_tuple()

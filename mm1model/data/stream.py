@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mm1model import paper
 from mm1model.config import ConfigError, to_dict
 from mm1model.data.corpus import default_corpus_dir, read_manifest
 from mm1model.data.mixture import SOURCES, MixtureConfig, MixtureSampler
@@ -35,7 +36,7 @@ Batch = dict  # input_ids, labels, doc_ids, position_ids (B, T) long; images lis
 
 VAL_FRACTION = 0.05
 VAL_SEED = 0  # the validation stream ignores the training seed: same set for every run
-DEFAULT_IMAGE_TOKENS = 144  # MM1's connector output per image
+DEFAULT_IMAGE_TOKENS = paper.IMAGE_TOKENS  # MM1's connector output per image
 DEFAULT_IMAGE_SIZE = 32  # the CPU sizes' ViT input; the trainer sets it from the model
 
 
@@ -99,8 +100,8 @@ class DataConfig:
     """
 
     corpus: str | None = None
-    seq_len: int = 4096
-    max_images: int = 16
+    seq_len: int = paper.SEQ_LEN
+    max_images: int = paper.MAX_IMAGES
     image_tokens: int | None = None
     image_size: int | None = None
     mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)

@@ -1,0 +1,273 @@
+"""What one training run is: :class:`TrainConfig` (with its :class:`OptimizerConfig`), what it
+leaves (:class:`TrainResult`), and the schedule and weight-decay arithmetic they share.
+
+Defaults are MM1's pre-training recipe, read from :mod:`mm1model.paper` (batch 512 x 4096,
+200k steps, warmup 2000, cosine to 10%, AdamW (0.9, 0.95), clip 1.0, lambda = 0.1 x peak).
+The peak LR has no default: whoever starts a run says which LR it trains at (``scaling sweep``
+per cell, ``scaling launch`` from a fitted law); the trainer never falls back to a law of its own.
+
+:func:`resolve` fills the values derived from others (lambda from the peak LR, the data's
+image geometry from the model); :func:`model_config` gives the :class:`~mm1model.model.MM1Config`
+a run trains (the size's, its ``model`` overrides, its parametrization's forward multipliers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from mm1model import paper, records
+from mm1model.config import ConfigError, from_dict, to_dict
+from mm1model.data import DataConfig
+from mm1model.model import MM1Config
+from mm1model.parametrization import parametrize
+from mm1model.sizes import get_size
+
+SCHEDULES = ("cosine",)
+FINAL_STATUSES = ("ok", "diverged")
+# Keys config.json adds to the TrainConfig fields; load_config drops them.
+RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
+# Fields that may change between a run and its resumption without changing its trajectory.
+RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval",
+                     "keep_checkpoints", "log_interval", "compile", "activation_checkpointing")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its LR schedule: the one place a run's peak LR lives.
+
+    ``lr``: the peak learning rate (required before training; see the module docstring).
+    ``schedule``: ``cosine`` (MM1's): linear warmup over ``warmup_steps``, then a cosine to
+    ``min_lr_ratio`` x peak at ``decay_steps`` (counted from step 0, warmup included), flat after
+    (:func:`lr_multiplier`). ``weight_decay``: lambda, the per-step decoupled decay at the peak
+    of the schedule (the decay at step t is ``lambda x lr_multiplier(t)``); None = MM1's
+    ``0.1 x lr``. ``grad_clip``: the global L2 norm gradients are clipped to.
+    """
+
+    lr: float | None = None
+    schedule: str = paper.SCHEDULE
+    min_lr_ratio: float = paper.MIN_LR_RATIO
+    warmup_steps: int = paper.WARMUP_STEPS
+    decay_steps: int = paper.DECAY_STEPS
+    weight_decay: float | None = None
+    betas: tuple[float, float] = paper.ADAM_BETAS
+    eps: float = paper.ADAM_EPS
+    grad_clip: float = paper.GRAD_CLIP
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.decay_steps < self.warmup_steps:
+            raise ConfigError(f"need 0 <= warmup_steps <= decay_steps, got {self.warmup_steps} and {self.decay_steps}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+
+    def lr_at(self, step: int) -> float:
+        """The scheduled LR of update ``step`` (0-based): peak x :func:`lr_multiplier`."""
+        return self.lr * lr_multiplier(step, self.warmup_steps, self.decay_steps, self.min_lr_ratio)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are MM1's pre-training recipe (batch 512 x 4096, 200k steps).
+
+    ``optimizer``: the peak LR, schedule and AdamW settings (:class:`OptimizerConfig`).
+    ``model``: overrides of the size's :class:`~mm1model.model.MM1Config`, nested dicts
+    (e.g. ``{"lm": {"n_layers": 1}}``). ``z_loss``: None = the size's own coefficient.
+    ``batch_size``: global batch in sequences, fixed whatever the world size; each rank runs
+    ``batch_size / world_size`` of it in micro-batches of ``micro_batch_size`` (None = no
+    accumulation). With ``micro_batch_size`` set, the data each micro-batch sees does not depend
+    on the world size, so a 2-process run follows the 1-process one.
+    ``seed``: model initialisation and torch RNG; the sample order is ``data.seed``.
+    ``divergence_factor``: after warmup, a training loss above this times the first step's loss
+    stops the run as diverged (a non-finite loss does at any step).
+    ``eval_interval`` / ``checkpoint_interval``: in steps, 0 = only at the end / never.
+    ``peak_flops``: peak FLOP/s of one device for MFU; None = the datasheet value of the GPU
+    (:data:`mm1model.paper.GPU_PEAK_FLOPS`), or no MFU on CPU. ``device``: "cpu", "cuda" or None
+    (cuda when available).
+    """
+
+    size: str = "100K"
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    z_loss: float | None = None
+    batch_size: int = paper.BATCH_SIZE
+    micro_batch_size: int | None = None
+    steps: int = paper.STEPS
+    eval_interval: int = 1000
+    eval_sequences: int = 64
+    eval_batch_size: int | None = None
+    checkpoint_interval: int = 1000
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    seed: int = 0
+    threads: int | None = None
+    divergence_factor: float = 1.5
+    activation_checkpointing: bool = False
+    compile: bool = False
+    peak_flops: float | None = None
+    device: str | None = None
+    run_dir: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_sequences", "keep_checkpoints", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "eval_interval", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("micro_batch_size", "eval_batch_size", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+        if not self.divergence_factor > 1:
+            raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor}")
+        if self.device not in (None, "cpu", "cuda"):
+            raise ConfigError(f"device must be cpu, cuda or null, got {self.device!r}")
+
+
+@dataclass
+class TrainResult:
+    """What ``result.json`` holds. Losses are mean cross-entropy in nats per text token.
+
+    ``status``: ok | diverged | failed. ``final_val_loss``: at the last step (None unless ok).
+    ``params``: N, LM non-embedding parameters. ``lr``: the peak LR. ``tokens``: sequence
+    positions trained on (steps x batch_size x seq_len). ``wall_s``: training seconds summed
+    over restarts.
+    """
+
+    status: str
+    final_val_loss: float | None
+    best_val_loss: float | None
+    val_loss_by_source: dict[str, float]
+    steps: int
+    tokens: int
+    wall_s: float
+    params: int
+    lr: float
+    size: str
+    batch_size: int
+    seq_len: int
+    seed: int
+    run_dir: str
+    diverged_at_step: int | None = None
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------ schedule
+def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float = paper.MIN_LR_RATIO) -> float:
+    """Schedule multiplier s(t) of the peak LR for update ``step`` (0-based).
+
+    Warmup: ``s = (t + 1) / warmup_steps`` for t < warmup_steps, so the first update already
+    moves and update ``warmup_steps - 1`` runs at the peak. Then a cosine from 1 at
+    t = warmup_steps to ``min_lr_ratio`` at t = decay_steps (counted from step 0, warmup
+    included), ``min_lr_ratio`` after.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= decay_steps:
+        return min_lr_ratio
+    progress = (step - warmup_steps) / (decay_steps - warmup_steps)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def torch_weight_decay(weight_decay: float, peak_lr: float) -> float:
+    """The ``weight_decay`` to hand ``torch.optim.AdamW`` for decoupled decay ``lambda``.
+
+    torch's AdamW multiplies each parameter by ``1 - lr_t x wd`` per step. With
+    ``lr_t = peak_lr x s(t)`` and ``wd = lambda / peak_lr`` that is ``1 - lambda x s(t)``: the
+    decay follows the schedule but not the peak LR, as in MM1 (AXLearn's decoupled AdamW).
+    MM1's default lambda = 0.1 x peak_lr gives wd = 0.1.
+    """
+    return weight_decay / peak_lr
+
+
+# ------------------------------------------------------------------------------------ resolving
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _strip_non_init(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``asdict`` also emits derived (init=False) fields, which ``from_dict`` would refuse."""
+    out = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in fields and not fields[key].init:
+            continue
+        hint = hints.get(key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+            value = _strip_non_init(hint, value)
+        out[key] = value
+    return out
+
+
+def model_config(config: TrainConfig) -> MM1Config:
+    """The :class:`MM1Config` a run trains: the size's, then ``model`` overrides, then z_loss,
+    then the parametrization's forward multipliers (:func:`mm1model.parametrization.parametrize`)."""
+    base = get_size(config.size)
+    overrides = dict(config.model)
+    if config.z_loss is not None:
+        overrides = _merge(overrides, {"lm": {"z_loss": config.z_loss}})
+    if not overrides:
+        return parametrize(base)
+    init_fields = {f.name for f in dataclasses.fields(MM1Config) if f.init}
+    merged = _merge({k: v for k, v in to_dict(base).items() if k in init_fields}, overrides)
+    return parametrize(from_dict(MM1Config, _strip_non_init(MM1Config, merged), where="model"))
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill the derived values: lambda (MM1's 0.1 x peak LR unless set) and the data's image
+    geometry. Raises ConfigError for a missing peak LR, an unknown size or a bad model.
+
+    ``data.image_size`` / ``data.image_tokens`` come from the model so the packer always makes
+    the placeholders the connector fills.
+    """
+    mcfg = model_config(config)
+    opt = config.optimizer
+    if opt.lr is None:
+        raise ConfigError("optimizer.lr (the peak LR) is not set: give it, or let `scaling sweep` / "
+                          "`scaling launch` set it from a law (MM1's: mm1model.paper.mm1_peak_lr(N))")
+    # with sub-image decomposition the ViT sees tiles of half the side: the input is twice as big
+    image_size = mcfg.vit.image_size * (2 if mcfg.vit.sub_images else 1)
+    for name, value, model_value in (("image_size", config.data.image_size, image_size),
+                                     ("image_tokens", config.data.image_tokens, mcfg.tokens_per_image)):
+        if value is not None and value != model_value:
+            raise ConfigError(f"data.{name}={value} disagrees with the model's {model_value}; leave it null")
+    data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image)
+    weight_decay = opt.weight_decay if opt.weight_decay is not None else paper.WEIGHT_DECAY_RATIO * opt.lr
+    return dataclasses.replace(config, optimizer=dataclasses.replace(opt, weight_decay=weight_decay), data=data)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """A TrainConfig from a JSON file: a plain config, or a run's ``config.json``."""
+    try:
+        data = records.read_json(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except ValueError as err:
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return from_dict(TrainConfig, {k: v for k, v in data.items() if k not in RECORD_KEYS})
