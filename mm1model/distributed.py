@@ -1,11 +1,21 @@
-"""Rank and world size for the trainer, from the environment torchrun or submitit exports."""
+"""Rank, world size and device of a trainer process, from the environment torchrun or submitit exports.
+
+One path for every way a run starts (a sweep cell, a launch, torchrun): the process reads
+RANK / WORLD_SIZE / LOCAL_RANK and trains on ``cuda:LOCAL_RANK`` of its node, so each task must
+see every GPU of the node (submitit's ``TorchDistributedEnvironment().export()`` must be called
+with ``set_cuda_visible_devices=False``; with its default each task sees one GPU, and local
+ranks 1-7 would ask for a device that does not exist). :func:`task_device` checks that.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed as dist
+
+from mm1model.config import ConfigError
 
 
 @dataclass
@@ -20,6 +30,32 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def device(self, device_type: str) -> torch.device:
+        """The device this process trains on (see :func:`task_device`)."""
+        return task_device(device_type, self.local_rank)
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use: the CUDA_VISIBLE_DEVICES list when set, else what CUDA counts."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip()])
+    return torch.cuda.device_count()
+
+
+def task_device(device_type: str, local_rank: int) -> torch.device:
+    """``cuda:local_rank`` on GPUs (one process per GPU of the node), the CPU otherwise. A local
+    rank with no GPU of its own is one clear ConfigError naming CUDA_VISIBLE_DEVICES."""
+    if device_type != "cuda":
+        return torch.device("cpu")
+    visible = visible_gpus()
+    if local_rank >= visible:
+        raise ConfigError(f"local rank {local_rank} sees {visible} GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): every task of a "
+                          "node must see all its GPUs; export submitit's environment with "
+                          "set_cuda_visible_devices=False")
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device_type: str) -> Dist:

@@ -315,7 +315,7 @@ def _lanes_of(config: TrainConfig, ddp: Dist) -> tuple[int, list[int]]:
 def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> TrainResult:
     micro, my_lanes = _lanes_of(config, ddp)
     n_lanes = config.batch_size // micro
-    device = torch.device(device_type, ddp.local_rank) if device_type == "cuda" else torch.device("cpu")
+    device = ddp.device(device_type)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     mcfg = model_config(config)

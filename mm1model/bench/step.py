@@ -83,7 +83,7 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
                                  device=device, compile=compile, activation_checkpointing=activation_checkpointing))
     device_type = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ddp = init_distributed(device_type)
-    dev = torch.device(device_type, ddp.local_rank) if device_type == "cuda" else torch.device("cpu")
+    dev = ddp.device(device_type)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     single_fsdp = fsdp and ddp.world_size == 1
