@@ -30,7 +30,7 @@ Run directory (``run_dir``), every file written atomically (``mm1model.records``
 * ``events.jsonl``: one ``start`` row per trainer start (with the step it resumed from), plus
   ``checkpoint``, ``signal``, ``diverged`` and ``end`` rows. Never truncated.
 * ``result.json``: :class:`TrainResult`, written when the run ends (ok, diverged or failed).
-* ``checkpoints/step_XXXXXXXX.pt``: the last ``keep_checkpoints`` checkpoints.
+* ``checkpoints/step_XXXXXXXX/``: the last ``keep_checkpoints`` sharded checkpoints (:mod:`mm1model.checkpoint`).
 
 A run directory whose ``result.json`` says ok or diverged is final: :func:`train` returns it at
 once. Otherwise :func:`train` resumes from the newest readable checkpoint (a corrupt one is
@@ -46,7 +46,7 @@ Data parallelism: rank and world size come from the environment (``torchrun``, o
 applied by :mod:`mm1model.parallelize`. The global batch is ``batch_size / micro_batch_size``
 micro-batches, each drawn from its own data lane (``PackedStream(rank=lane,
 world_size=n_lanes)``); rank r runs lanes r, r + world, ... with gradient accumulation. So the
-sequences of a step do not depend on the world size, and a checkpoint (full state dicts) resumes
+sequences of a step do not depend on the world size, and a (sharded, resharding) checkpoint resumes
 at any world size that divides the number of lanes.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mm1model import paper, records
-from mm1model.checkpoint import Preemption, load_checkpoint, save_checkpoint, set_rng_state
+from mm1model.checkpoint import Checkpointer, Preemption, checkpoint_paths, load_checkpoint, set_rng_state
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, image_flops, param_counts
 from mm1model.data import SOURCES, PackedStream, validation_batches
@@ -128,14 +128,22 @@ def _autocast(device: torch.device):
 
 
 def forward_backward(model: torch.nn.Module, micro_batches: Iterator[dict[str, Any]], n_micro: int,
-                     device: torch.device) -> torch.Tensor:
+                     device: torch.device, reduce_every_micro_batch: bool = True) -> torch.Tensor:
     """Accumulate gradients of the mean loss over ``n_micro`` micro-batches; returns the sum of
-    their losses (a detached scalar). Under FSDP2 gradients are reduced on the last one only."""
+    their losses (a detached scalar).
+
+    Under FSDP2 gradients are reduce-scattered after every micro-batch by default (as torchtitan
+    does), so a rank only ever holds its shard of the gradients (4 bytes x parameters / world).
+    ``reduce_every_micro_batch=False`` reduces on the last micro-batch only: one reduce-scatter
+    per step instead of one per micro-batch, but FSDP2 then keeps unsharded fp32 gradients of the
+    whole model between micro-batches (4 bytes x all parameters per rank; measured in
+    tests/test_fsdp_memory.py), which the planner counts only when asked for it.
+    """
     fsdp = hasattr(model, "set_requires_gradient_sync")
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         if fsdp:
-            model.set_requires_gradient_sync(i == n_micro - 1)
+            model.set_requires_gradient_sync(reduce_every_micro_batch or i == n_micro - 1)
         batch = _to_device(batch, device)
         with _autocast(device):
             out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
@@ -339,10 +347,13 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
             records.write_json(run_dir / "config.json", {
                 **to_dict(config), "params": counts.params, "param_counts": dataclasses.asdict(counts),
                 "model_config": to_dict(mcfg), "code_version": code_version(), "world_size": ddp.world_size})
-        ckpt = load_checkpoint(run_dir)
+        ckpt = load_checkpoint(run_dir, model, optimizer)
         if ckpt is not None:
-            _restore(ckpt, model, optimizer, lanes, ddp, n_lanes)
+            _restore(ckpt, lanes, ddp, n_lanes)
             state = {k: ckpt[k] for k in state}
+        elif checkpoint_paths(run_dir):  # every checkpoint failed to load, possibly halfway: start clean
+            model, _ = build_model(config, device)
+            optimizer = build_optimizer(model, config)
         if ddp.is_main:
             rows = [r for r in records.read_jsonl(run_dir / "metrics.jsonl") if r.get("step", 0) <= state["step"]]
             records.write_jsonl(run_dir / "metrics.jsonl", rows)
@@ -368,17 +379,14 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
     return result
 
 
-def _restore(ckpt: dict[str, Any], model, optimizer, lanes: dict[int, PackedStream], ddp: Dist, n_lanes: int) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
+def _restore(ckpt: dict[str, Any], lanes: dict[int, PackedStream], ddp: Dist, n_lanes: int) -> None:
+    """The data lanes' and RNG states of a loaded checkpoint (the tensors are loaded already)."""
     if len(ckpt["lanes"]) != n_lanes:
         raise ConfigError(f"the checkpoint has {len(ckpt['lanes'])} data lanes, this run {n_lanes}: "
                           "keep batch_size / micro_batch_size as it was")
-    set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
-                   options=StateDictOptions(full_state_dict=True))
     for i, stream in lanes.items():
-        stream.load_state_dict(ckpt["lanes"][i])
-    if len(ckpt["rng"]) == ddp.world_size:
+        stream.load_state_dict(ckpt["lanes"][str(i)])
+    if len(ckpt["rng"]) == ddp.world_size:  # RNG streams are per rank: only the same world size continues them
         set_rng_state(ckpt["rng"][ddp.rank])
 
 
@@ -394,6 +402,8 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
 
         progress = tqdm(total=config.steps, initial=state["step"], desc=f"{config.size} lr={config.optimizer.lr:.2e}",
                         unit="step", dynamic_ncols=True)
+    async_save = config.async_checkpoint if config.async_checkpoint is not None else device.type == "cuda"
+    checkpointer = Checkpointer(run_dir, ddp, config.keep_checkpoints, async_save=async_save)
     wall_at_start, t_start = state["wall_s"], time.time()
     status, diverged_at = "ok", None
     final_loss, by_source = None, {}
@@ -408,7 +418,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
         optimizer.zero_grad(set_to_none=True)
         micro_batches = [stream.next_batch(micro_size) for stream in lanes.values()]
         images = sum(len(b["images"]) for b in micro_batches)
-        loss_sum = forward_backward(model, iter(micro_batches), n_micro, device)
+        loss_sum = forward_backward(model, iter(micro_batches), n_micro, device, config.reduce_every_micro_batch)
         grad_norm = clip_gradients(model, config.optimizer.grad_clip)
         # one small all-reduce: loss sum, micro-batch count, images, signal flag
         stats = torch.tensor([float(loss_sum), n_micro, images, float(bool(preemption.received))],
@@ -458,7 +468,8 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
         signalled = bool(stats[3]) and not last
         if signalled or (config.checkpoint_interval and state["step"] % config.checkpoint_interval == 0
                          and not last):
-            save_checkpoint(run_dir, model, optimizer, state, lanes, ddp, config.keep_checkpoints)
+            # the preemption checkpoint must be on disk before the signal is handed on
+            checkpointer.save(model, optimizer, state, lanes, blocking=signalled)
             if ddp.is_main:
                 records.append_jsonl(events, {"event": "checkpoint", "step": state["step"], "time": time.time()})
         if signalled:
@@ -466,6 +477,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                 records.append_jsonl(events, {"event": "signal", "step": state["step"], "time": time.time(),
                                               "signals": list(preemption.received)})
             preemption.chain()
+    checkpointer.finish()
     if progress is not None:
         progress.close()
     if status == "ok" and final_loss is None:  # steps == 0, or resumed at the end

@@ -32,7 +32,7 @@ FINAL_STATUSES = ("ok", "diverged")
 RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
 # Fields that may change between a run and its resumption without changing its trajectory.
 RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval",
-                     "keep_checkpoints", "log_interval", "compile", "activation_checkpointing")
+                     "keep_checkpoints", "async_checkpoint", "log_interval", "compile", "activation_checkpointing")
 
 
 @dataclass
@@ -90,11 +90,16 @@ class TrainConfig:
     ``batch_size``: global batch in sequences, fixed whatever the world size; each rank runs
     ``batch_size / world_size`` of it in micro-batches of ``micro_batch_size`` (None = no
     accumulation). With ``micro_batch_size`` set, the data each micro-batch sees does not depend
-    on the world size, so a 2-process run follows the 1-process one.
+    on the world size, so a 2-process run follows the 1-process one. ``reduce_every_micro_batch``:
+    under FSDP2, reduce-scatter gradients after every micro-batch (sharded gradients only); False
+    saves reduce-scatters but holds unsharded fp32 gradients of the whole model between
+    micro-batches (see :func:`mm1model.train.forward_backward`).
     ``seed``: model initialisation and torch RNG; the sample order is ``data.seed``.
     ``divergence_factor``: after warmup, a training loss above this times the first step's loss
     stops the run as diverged (a non-finite loss does at any step).
     ``eval_interval`` / ``checkpoint_interval``: in steps, 0 = only at the end / never.
+    ``async_checkpoint``: write interval checkpoints in the background (None = on GPU only; a
+    preemption checkpoint is always written before the signal is handed on).
     ``peak_flops``: peak FLOP/s of one device for MFU; None = the datasheet value of the GPU
     (:data:`mm1model.paper.GPU_PEAK_FLOPS`), or no MFU on CPU. ``device``: "cpu", "cuda" or None
     (cuda when available).
@@ -107,12 +112,14 @@ class TrainConfig:
     z_loss: float | None = None
     batch_size: int = paper.BATCH_SIZE
     micro_batch_size: int | None = None
+    reduce_every_micro_batch: bool = True
     steps: int = paper.STEPS
     eval_interval: int = 1000
     eval_sequences: int = 64
     eval_batch_size: int | None = None
     checkpoint_interval: int = 1000
     keep_checkpoints: int = 2
+    async_checkpoint: bool | None = None
     log_interval: int = 10
     seed: int = 0
     threads: int | None = None

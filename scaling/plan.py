@@ -44,6 +44,13 @@ GB = 1e9
 DEFAULT_MFU = paper.TORCHTITAN_MFU
 # Activation checkpointing re-runs every block's forward in backward: 4/3 of the work.
 AC_RECOMPUTE = 4.0 / 3.0
+# What a checkpoint holds per parameter: fp32 weights and AdamW's two fp32 moments (gradients are
+# not saved). A sharded save writes each rank's share; a node writes its ranks' shares at once.
+CHECKPOINT_BYTES_PER_PARAM = 12.0
+# Assumed write bandwidth of one node to the shared checkpoint filesystem, GB/s (a parallel
+# filesystem gives several; this machine's local disk, measured by `python -m mm1model.bench
+# --checkpoint`, is in the README). Only the save-time estimate depends on it.
+CHECKPOINT_WRITE_GB_S = 2.0
 NODE_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -58,6 +65,10 @@ class PlanConfig:
     without checkpointing; with it only when nothing fits without). ``images_per_sequence``
     None: ``max_images`` (an upper bound of the mixture's images). ``device`` "cuda" plans bf16
     autocast on GPUs; "cpu" plans fp32 on processes of ``gpu_mem_gb`` each (no step time).
+    ``reduce_every_micro_batch``: the trainer's FSDP2 gradient sync (see TrainConfig); False adds
+    the unsharded gradients FSDP2 then holds between micro-batches. ``checkpoint_minutes``: how
+    often to checkpoint (turned into steps by the step time); ``checkpoint_write_gb_s``: write
+    bandwidth of one node to the checkpoint filesystem, for the save time.
     """
 
     size: str
@@ -82,6 +93,9 @@ class PlanConfig:
     time: str = "24:00:00"
     cpus_per_task: int = 8
     mem_per_node_gb: float | None = None
+    reduce_every_micro_batch: bool = True
+    checkpoint_minutes: float = 30.0
+    checkpoint_write_gb_s: float = CHECKPOINT_WRITE_GB_S
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "seq_len", "steps", "gpus_per_node", "cpus_per_task"):
@@ -102,6 +116,9 @@ class PlanConfig:
             raise ConfigError(f"mfu must be in (0, 1], got {self.mfu}")
         if self.reserve_gb < 0:
             raise ConfigError(f"reserve_gb must be >= 0, got {self.reserve_gb}")
+        if not (self.checkpoint_minutes > 0 and self.checkpoint_write_gb_s > 0):
+            raise ConfigError("checkpoint_minutes and checkpoint_write_gb_s must be > 0, got "
+                              f"{self.checkpoint_minutes} and {self.checkpoint_write_gb_s}")
         parse_time(self.time)
 
     @property
@@ -250,11 +267,14 @@ def _block_params(cfg: MM1Config) -> tuple[int, int, int]:
 
 
 def memory_estimate(cfg: MM1Config, *, micro_batch_size: int, seq_len: int, images_per_sequence: int,
-                    world_size: int = 1, bf16: bool = True, activation_checkpointing: bool = False) -> Memory:
+                    world_size: int = 1, bf16: bool = True, activation_checkpointing: bool = False,
+                    unsharded_grads: bool = False) -> Memory:
     """Peak memory of one device in a steady-state training step (see the module docstring).
 
     ``images_per_sequence`` images of the ViT's native size per sequence (a text-only micro-batch
-    still encodes one blank image). Returns bytes per component.
+    still encodes one blank image). ``unsharded_grads``: gradient accumulation without a
+    reduce-scatter per micro-batch, where FSDP2 holds fp32 gradients of every parameter between
+    micro-batches (measured: 4 bytes x all parameters per rank). Returns bytes per component.
     """
     from mm1model.counting import param_counts
 
@@ -262,6 +282,8 @@ def memory_estimate(cfg: MM1Config, *, micro_batch_size: int, seq_len: int, imag
     lm_block, vit_block, root = _block_params(cfg)
     w = world_size
     weights, gradients, optimizer = 4.0 * p / w, 4.0 * p / w, 8.0 * p / w
+    if unsharded_grads and w > 1:
+        gradients += 4.0 * p
     if w > 1:
         unit = 2 if bf16 else 4
         block = max(lm_block, vit_block)
@@ -290,7 +312,9 @@ class Plan:
     """A resolved plan. FLOPs count matrix products (``mm1model.counting``), memory is GB
     (1e9 bytes) per device, ``step_time_s`` at ``mfu`` of the GPUs' dense bf16 peak,
     ``gpu_hours`` = steps x step time x GPUs. ``fits`` False means ``refusal`` says why and
-    ``smallest`` names the smallest configuration that fits."""
+    ``smallest`` names the smallest configuration that fits. ``checkpoint_gb_per_gpu``: what each
+    rank writes per checkpoint; ``save_time_s``: a node's save at ``checkpoint_write_gb_s``;
+    ``checkpoint_interval_steps``: ``checkpoint_minutes`` in steps (None without a step time)."""
 
     size: str
     params: int
@@ -322,6 +346,9 @@ class Plan:
     step_time_s: float | None
     gpu_hours: float | None
     wall_hours: float | None
+    checkpoint_gb_per_gpu: float
+    save_time_s: float
+    checkpoint_interval_steps: int | None
     slurm: dict[str, Any]
     refusal: str | None = None
     smallest: dict[str, Any] | None = None
@@ -350,8 +377,10 @@ def _choose(cfg: MM1Config, config: PlanConfig, world: int) -> tuple[Memory, Mem
 
     def best(ac: bool) -> Memory:
         for mb in options:
+            accumulates = per_rank // mb > 1
             mem = memory_estimate(cfg, micro_batch_size=mb, seq_len=config.seq_len, images_per_sequence=images,
-                                  world_size=world, bf16=config.device == "cuda", activation_checkpointing=ac)
+                                  world_size=world, bf16=config.device == "cuda", activation_checkpointing=ac,
+                                  unsharded_grads=accumulates and not config.reduce_every_micro_batch)
             if mem.total <= usable:
                 return mem
         return mem  # the smallest micro-batch: it does not fit, the caller says so
@@ -364,13 +393,17 @@ def _choose(cfg: MM1Config, config: PlanConfig, world: int) -> tuple[Memory, Mem
     return chosen, no_ac, with_ac
 
 
-def slurm_parameters(config: PlanConfig, nodes: int, job_name: str, step_time_s: float | None = None) -> dict[str, Any]:
+def slurm_parameters(config: PlanConfig, nodes: int, job_name: str, step_time_s: float | None = None,
+                     save_time_s: float | None = None) -> dict[str, Any]:
     """The exact ``submitit.SlurmExecutor`` parameters: one task per GPU on every node.
 
     ``signal_delay_s``: SLURM sends USR2 this long before the time limit. The trainer checkpoints
-    at the next step boundary, so the delay covers three step times (finish the step, write the
-    checkpoint, margin), and at least two minutes."""
-    delay = max(120, math.ceil(3 * step_time_s)) if step_time_s else 120
+    at the next step boundary, so the delay covers three step times (finish the step, margin) and
+    twice the checkpoint's save time (an asynchronous save in flight, then the preemption save),
+    and at least two minutes."""
+    delay = 120
+    if step_time_s or save_time_s:
+        delay = max(120, math.ceil(3 * (step_time_s or 0.0) + 2 * (save_time_s or 0.0)))
     params: dict[str, Any] = {
         "job_name": job_name, "nodes": nodes, "ntasks_per_node": config.gpus_per_node,
         "cpus_per_task": config.cpus_per_task, "time": parse_time(config.time), "signal_delay_s": delay,
@@ -414,6 +447,9 @@ def make_plan(config: PlanConfig, model_config: MM1Config | None = None, job_nam
         step_time = flops * (AC_RECOMPUTE if chosen.activation_checkpointing else 1.0) / (world * peak * config.mfu)
         gpu_hours = config.steps * step_time * world / 3600
         wall = config.steps * step_time / 3600
+    checkpoint_gb = CHECKPOINT_BYTES_PER_PARAM * counts.params_total / world / GB
+    save_time = checkpoint_gb * config.gpus_per_node / config.checkpoint_write_gb_s
+    interval = max(1, round(config.checkpoint_minutes * 60 / step_time)) if step_time else None
     refusal = smallest = None
     if not fits:
         if not (config.device == "cpu" and config.gpu_mem_gb is None):  # more processes share one host's memory
@@ -435,7 +471,8 @@ def make_plan(config: PlanConfig, model_config: MM1Config | None = None, job_nam
         activation_checkpointing=chosen.activation_checkpointing, memory=chosen.to_dict(),
         memory_no_ac=no_ac.to_dict(), memory_ac=with_ac.to_dict(), memory_per_gpu_gb=round(chosen.total / GB, 3),
         fits=fits, mfu=config.mfu, peak_flops=peak, step_time_s=step_time, gpu_hours=gpu_hours, wall_hours=wall,
-        slurm=slurm_parameters(config, nodes, name, step_time), refusal=refusal, smallest=smallest)
+        checkpoint_gb_per_gpu=round(checkpoint_gb, 3), save_time_s=save_time, checkpoint_interval_steps=interval,
+        slurm=slurm_parameters(config, nodes, name, step_time, save_time), refusal=refusal, smallest=smallest)
 
 
 def _instead(smallest: dict[str, Any] | None, config: PlanConfig) -> str:
@@ -510,6 +547,10 @@ def format_plan(plan: Plan) -> str:
     if plan.step_time_s is not None:
         lines.append(f"time       {plan.step_time_s:.2f} s/step at {plan.mfu:.0%} MFU: {plan.gpu_hours:,.0f} GPU-hours, "
                      f"{plan.wall_hours / 24:,.1f} days on {plan.world_size} GPUs")
+    every = (f"every {plan.checkpoint_interval_steps:,} steps (~{plan.checkpoint_interval_steps * plan.step_time_s / 60:.0f} min)"
+             if plan.checkpoint_interval_steps else "at the configured interval")
+    lines.append(f"checkpoint {_size(plan.checkpoint_gb_per_gpu)} per GPU, sharded, {every}; ~{plan.save_time_s:.0f} s to "
+                 "write per node (covered by the SLURM signal delay)")
     lines.append("slurm      " + " ".join(f"{k}={v}" for k, v in plan.slurm.items()))
     if not plan.fits:
         lines.append(f"REFUSED    {plan.refusal}")

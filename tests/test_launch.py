@@ -61,7 +61,7 @@ def test_30b_dry_run_json_has_the_issue_keys_with_pinned_values():
     assert plan["gpu_hours"] == pytest.approx(94_915, rel=1e-4)
     assert plan["origins"]["peak_lr"] == "paper"
     assert plan["plan"]["slurm"] == {"job_name": "mm1-30B", "nodes": 2, "ntasks_per_node": 8, "cpus_per_task": 8,
-                                     "time": 1440, "signal_delay_s": 321, "gpus_per_node": 8}
+                                     "time": 1440, "signal_delay_s": 507, "gpus_per_node": 8}
 
 
 def test_flags_override_with_user_origin():

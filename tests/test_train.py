@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mm1model import records
+from mm1model.checkpoint import checkpoint_keys, read_trainer_state
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.paper import mm1_peak_lr
 from mm1model.train import (TrainConfig, TrainResult, build_model, build_optimizer, load_config, lr_multiplier,
@@ -219,7 +220,7 @@ def test_records_of_a_finished_run(reference, corpus, tmp_path):
     assert [e["step"] for e in evals] == [10, 20, 30]
     assert [r["step"] for r in rows] == list(range(1, 31))
     assert rows[4]["lr"] == pytest.approx(3e-3) and rows[-1]["lr"] == pytest.approx(3e-3 * lr_multiplier(29, 5, 30))
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000020.pt", "step_00000025.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000020", "step_00000025"]
     # a final run directory returns its result at once, untouched
     mtime = (run_dir / "metrics.jsonl").stat().st_mtime_ns
     assert train(small(corpus, run_dir)) == result
@@ -253,11 +254,12 @@ def test_sigterm_checkpoints_and_exits_then_corrupt_latest_falls_back(reference,
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # no earlier handler: exit, resumable
     assert not (run_dir / "result.json").exists()
     stopped = events(run_dir, "signal")[0]["step"]
-    assert stopped >= 9 and (run_dir / "checkpoints" / f"step_{stopped:08d}.pt").exists()
+    assert stopped >= 9 and (run_dir / "checkpoints" / f"step_{stopped:08d}").is_dir()
     # the newest checkpoint is torn: resume from the one before, with a warning
-    latest = max((run_dir / "checkpoints").glob("step_*.pt"))
-    previous = min((run_dir / "checkpoints").glob("step_*.pt"))
-    latest.write_bytes(latest.read_bytes()[:1000])
+    latest = max((run_dir / "checkpoints").glob("step_*"))
+    previous = min((run_dir / "checkpoints").glob("step_*"))
+    shard = latest / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.warns(RuntimeWarning, match=f"checkpoint .*{latest.name} is unreadable"):
         result = train(config)
     assert events(run_dir, "start")[1]["step"] == int(previous.stem.split("_")[1])
@@ -271,7 +273,7 @@ def test_signal_is_chained_to_the_previous_handler_after_the_checkpoint(corpus, 
     calls = []
 
     def submitit_like(signum, frame):
-        calls.append(sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")))
+        calls.append(sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")))
         raise SystemExit(-1)
 
     def signal_at_step_3():  # like SLURM, from outside the training loop, once it runs
@@ -292,7 +294,7 @@ def test_signal_is_chained_to_the_previous_handler_after_the_checkpoint(corpus, 
         sender.join()
         signal.signal(signal.SIGUSR2, previous)
     stopped = events(run_dir, "signal")[0]["step"]
-    assert calls == [[f"step_{stopped:08d}.pt"]]  # the checkpoint existed when the handler ran
+    assert calls == [[f"step_{stopped:08d}"]]  # the checkpoint existed when the handler ran
     assert step_rows(run_dir)[-1]["step"] == stopped < 400
     assert not (run_dir / "result.json").exists()
     assert signal.getsignal(signal.SIGUSR2) is previous  # the trainer restored the handlers
@@ -351,8 +353,8 @@ def test_activation_checkpointing_changes_no_number_and_no_checkpoint_key(corpus
         run_dir = tmp_path / f"ac={flag}"
         train(small(corpus, run_dir, steps=3, checkpoint_interval=2, eval_sequences=8, activation_checkpointing=flag))
         rows[flag] = step_rows(run_dir)
-        keys = list(torch.load(run_dir / "checkpoints" / "step_00000002.pt", weights_only=False)["model"])
-        assert "lm.blocks.0.attention.wq.weight" in keys and not any("_checkpoint_wrapped" in k for k in keys)
+        keys = checkpoint_keys(run_dir / "checkpoints" / "step_00000002")
+        assert "model.lm.blocks.0.attention.wq.weight" in keys and not any("_checkpoint_wrapped" in k for k in keys)
     assert rows[True] == rows[False]  # recomputation in backward is the same arithmetic on CPU
 
 
@@ -376,6 +378,6 @@ def test_parametrization_groups_are_scheduled_relatively(corpus, tmp_path):
     train(small(corpus, run_dir, size="w64", model={"parametrization": "mup", "base_size": "w32"}, steps=3,
                 checkpoint_interval=2, eval_sequences=8))
     scheduled = step_rows(run_dir)[1]["lr"]  # the LR of update 2, the last before the checkpoint
-    groups = torch.load(run_dir / "checkpoints" / "step_00000002.pt", weights_only=False)["optimizer"]["param_groups"]
+    groups = read_trainer_state(run_dir / "checkpoints" / "step_00000002")["param_groups"]
     by_mult = {g["lr_mult"]: g["lr"] for g in groups}
     assert by_mult[1.0] == pytest.approx(scheduled) and by_mult[0.5] == pytest.approx(scheduled / 2)
