@@ -300,6 +300,8 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
             return trainer
         # CheckpointException (DCP's, a BaseException) wraps a rank's read error
         except (Exception, CheckpointException) as err:  # noqa: BLE001 - any unreadable checkpoint is skipped alike
+            if isinstance(err, CheckpointException) and err.failures:  # the first rank's own error
+                err = next(iter(err.failures.values()))[0]
             warnings.warn(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
                           "falling back to the one before it", RuntimeWarning, stacklevel=2)
     return None
