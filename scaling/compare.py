@@ -22,6 +22,13 @@ Per (label, family):
   against the seed spread. A prediction outside the swept LRs has no regret (NaN).
 * **asymptotic penalty** at the largest size of a family: each label's best loss minus the best
   of all labels.
+
+The steps are `scaling fit`'s own: runs read by :func:`scaling.runs.collect_runs`, labelled by
+:class:`scaling.runs.Parametrization` (``label`` is its ``kind``), checked by
+:func:`scaling.runs.single_parametrization`; loss curves, seed means and lr* by
+:func:`scaling.fit.select_optima`; slopes and the hold-out law by :func:`scaling.fit.fit_line`.
+:func:`compare` returns a :class:`CompareResult`; :func:`run_compare` (the command) also writes
+compare.json and the two figures.
 """
 from __future__ import annotations
 
@@ -35,8 +42,13 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError, replace
+from mm1model.sizes import family_of, get_size
+from scaling.fit import clean_runs, fit_line, select_optima
+from scaling.plots import pyplot, write_figure
+from scaling.runs import Parametrization, collect_runs, single_parametrization
 
 METHODS = ("fitted law", "base LR reused")
+SELECTS = ("parabola", "argmin")
 
 
 @dataclasses.dataclass
@@ -83,12 +95,19 @@ class Holdout:
 
 @dataclasses.dataclass
 class CompareResult:
-    """Everything ``scaling compare`` reports; ``table()`` is the text, ``to_json()`` the record."""
+    """Everything ``scaling compare`` reports; ``table()`` is the text, ``to_json()`` the record
+    (compare.json), ``files`` what :func:`run_compare` wrote (not part of the record)."""
 
     optima: list[SizeOptimum]
     slopes: list[Slope]
     holdouts: list[Holdout]
     penalties: list[dict[str, Any]]
+    files: list[Path] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """What the command prints: :meth:`table`, then the files written."""
+        written = [f"wrote {', '.join(map(str, self.files))}"] if self.files else []
+        return "\n".join([self.table(), *written])
 
     def table(self) -> str:
         lines = ["slope of ln lr* vs ln x (x = d_model for width, n_layers for depth, N for mm1)",
@@ -134,20 +153,11 @@ def _f(v: float, spec: str) -> str:
     return "-" if not math.isfinite(v) else format(v, spec)
 
 
-def label_of(parametrization: str, alpha: float) -> str:
-    """``completep`` at alpha 1, ``completep_a0.5`` at another alpha; the name otherwise."""
-    if parametrization == "completep" and alpha != 1.0:
-        return f"completep_a{alpha:g}"
-    return parametrization
-
-
 def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     """The runs tables of the sweeps (``scaling.runs.collect_runs``), concatenated, with the
-    columns ``parametrization, base_size, alpha, label, family, x`` and ``fixed`` (what the
-    family holds constant: n_layers for width, d_model for depth) added from each cell."""
-    from mm1model.sizes import family_of, get_size
-    from scaling.runs import collect_runs
-
+    columns ``base_size, alpha, label`` (the :attr:`~scaling.runs.Parametrization.kind`),
+    ``family, x`` and ``fixed`` (what the family holds constant: n_layers for width, d_model for
+    depth) added from each cell."""
     if not sweep_dirs:
         raise ConfigError("give at least one sweep directory")
     frames = []
@@ -156,55 +166,37 @@ def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
         extra = []
         for path, size in zip(frame["path"], frame["size"]):
             model = records.read_json(Path(path) / "cell.json")["train"].get("model") or {}
-            parametrization = model.get("parametrization", "sp")
-            alpha = float(model.get("alpha", 1.0))
+            par = Parametrization.of(model)
             # Building the config validates the cell (a base larger than the size, an unknown
             # parametrization) with the model's own one-line errors.
-            cfg = replace(get_size(size), parametrization=parametrization, base_size=model.get("base_size"),
-                          alpha=alpha)
+            cfg = replace(get_size(size), parametrization=par.name, base_size=par.base_size, alpha=par.alpha)
             family = family_of(size)
             x = {"width": cfg.lm.d_model, "depth": cfg.lm.n_layers}.get(family)
             # what a family holds fixed: a width family's depth, a depth family's width
             fixed = {"width": cfg.lm.n_layers, "depth": cfg.lm.d_model}.get(family)
-            extra.append({"parametrization": parametrization, "base_size": model.get("base_size"), "alpha": alpha,
-                          "label": label_of(parametrization, alpha), "family": family, "x": x, "fixed": fixed})
+            extra.append({"base_size": par.base_size, "alpha": par.alpha, "label": par.kind, "family": family,
+                          "x": x, "fixed": fixed})
         frames.append(pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1))
     runs = pd.concat(frames, ignore_index=True)
     runs.loc[runs["family"] == "mm1", "x"] = runs.loc[runs["family"] == "mm1", "params"]
     return runs
 
 
-def single_parametrization(runs: pd.DataFrame) -> str:
-    """The one parametrization label of a runs table that has the ``label`` and ``base_size``
-    columns of :func:`load_runs`; a mix (of parametrizations, alphas or base sizes) cannot be
-    fitted as one law and raises ConfigError."""
-    labels = sorted(set(runs["label"]))
-    if len(labels) > 1:
-        raise ConfigError(f"the runs mix parametrizations {', '.join(labels)}: fit one at a time "
-                          "(`scaling compare` sets them side by side)")
-    bases = sorted({str(b) for b in runs["base_size"] if isinstance(b, str)})
-    if len(bases) > 1:
-        raise ConfigError(f"the {labels[0]} runs mix base sizes {', '.join(bases)}: fit one base at a time")
-    return labels[0] if labels else "sp"
-
-
-def _optimum(label: str, family: str, size: str, runs: pd.DataFrame, select: str) -> SizeOptimum | None:
-    from scaling.fit import select_curve
-
-    curve = []
-    for lr, group in runs.groupby("lr"):
-        ok = group[(group["status"] == "ok") & group["loss"].notna()]["loss"]
-        curve.append((float(lr), float(ok.mean()) if len(ok) == len(group) and len(ok) else math.inf))
-    finite = [(lr, loss) for lr, loss in curve if math.isfinite(loss)]
-    if not finite:
-        return None
-    best_lr, best = min(finite, key=lambda p: p[1])
-    [log_lr_star], note = select_curve(np.log([lr for lr, _ in curve]), np.array([loss for _, loss in curve]), select)
-    at_best = runs[(runs["lr"] == best_lr) & (runs["status"] == "ok")]["loss"]
-    spread = float(at_best.std(ddof=1)) if len(at_best) > 1 else math.nan
-    return SizeOptimum(label=label, family=family, size=size, x=float(runs["x"].iloc[0]),
-                       lr_star=float(math.exp(log_lr_star)), best_loss=best, seed_spread=spread, curve=curve,
-                       note=note)
+def _optima(label: str, family: str, runs: pd.DataFrame, select: str) -> dict[str, SizeOptimum]:
+    """Per size of one (label, family) group, its optimum as `scaling fit` selects it (seed means
+    per LR, a diverged seed making its LR diverged); sizes whose every run diverged are absent."""
+    cleaned = clean_runs(runs)
+    optima, _, _ = select_optima(cleaned, select)
+    out = {}
+    for opt in optima:
+        size_runs = cleaned[cleaned["size"] == opt["size"]]
+        at_best = size_runs[np.isclose(size_runs["lr"], opt["lr_best"], rtol=1e-9, atol=0.0)
+                            & np.isfinite(size_runs["loss"])]["loss"]
+        out[opt["size"]] = SizeOptimum(
+            label=label, family=family, size=opt["size"], x=float(size_runs["x"].iloc[0]), lr_star=opt["lr_opt"],
+            best_loss=opt["loss_best"], seed_spread=float(at_best.std(ddof=1)) if len(at_best) > 1 else math.nan,
+            curve=[(p["lr"], p["loss"]) for p in opt["points"]], note=opt["fallback"])
+    return out
 
 
 def _regret(opt: SizeOptimum, lr: float) -> float:
@@ -222,21 +214,11 @@ def _regret(opt: SizeOptimum, lr: float) -> float:
     return value - opt.best_loss
 
 
-def _slope(log_x: np.ndarray, log_y: np.ndarray) -> tuple[float, tuple[float, float], Any]:
-    import statsmodels.api as sm
-
-    fit = sm.OLS(log_y, sm.add_constant(log_x)).fit()
-    if len(log_x) < 3:
-        return float(fit.params[1]), (math.nan, math.nan), fit
-    lo, hi = fit.conf_int(0.05)[1]
-    return float(fit.params[1]), (float(lo), float(hi)), fit
-
-
 def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareResult:
     """Compare the parametrizations in ``sweep_dirs`` (see the module docstring). ``select``:
     how lr* is read off each loss curve, ``parabola`` or ``argmin`` (the best grid point)."""
-    if select not in ("parabola", "argmin"):
-        raise ConfigError(f"unknown select {select!r}; valid: parabola, argmin")
+    if select not in SELECTS:
+        raise ConfigError(f"unknown select {select!r}; valid: {', '.join(SELECTS)}")
     runs = load_runs(sweep_dirs)
     optima, slopes, holdouts, penalties = [], [], [], []
     largest_best: dict[str, list[tuple[str, str, float]]] = {}
@@ -248,24 +230,24 @@ def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareRe
             raise ConfigError(f"the {label} runs of the {family} family mix {held} {', '.join(map(str, fixed))} "
                               "(e.g. the CPU and GPU families): compare one family at a time")
         order = group.groupby("size")["x"].first().sort_values()
-        per_size = [_optimum(label, family, size, group[group["size"] == size], select) for size in order.index]
+        by_size = _optima(label, family, group, select)
         held_out = order.index[-1]
-        if per_size[-1] is None:
+        if held_out not in by_size:
             n = int((group["size"] == held_out).sum())
             raise ConfigError(f"held-out size {held_out} ({label}, {family} family) has no loss curve: "
                               f"{n} settled run(s), none ok")
-        found = [o for o in per_size if o is not None]
+        found = [by_size[size] for size in order.index if size in by_size]
         optima += found
         if len(found) >= 2:
-            slope, ci, _ = _slope(np.log([o.x for o in found]), np.log([o.lr_star for o in found]))
-            slopes.append(Slope(label, family, slope, ci, len(found)))
+            line = fit_line(np.log([o.x for o in found]), np.log([o.lr_star for o in found]))
+            slopes.append(Slope(label, family, line.slope, line.slope_ci95, len(found)))
         target, others = found[-1], found[:-1]
         base_name = next((b for b in group["base_size"] if isinstance(b, str)), None)
         base = next((o for o in others if o.size == base_name), others[0] if others else None)
         predictions = {}
         if len(others) >= 2:
-            _, _, fit = _slope(np.log([o.x for o in others]), np.log([o.lr_star for o in others]))
-            predictions["fitted law"] = float(math.exp(fit.params[0] + fit.params[1] * math.log(target.x)))
+            law = fit_line(np.log([o.x for o in others]), np.log([o.lr_star for o in others]))
+            predictions["fitted law"] = float(math.exp(law.at(math.log(target.x))))
         if base is not None:
             predictions["base LR reused"] = base.lr_star
         for method, lr in predictions.items():
@@ -280,21 +262,9 @@ def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareRe
 
 
 # ------------------------------------------------------------------------------------ figures
-def _save(fig, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
-    records.write_bytes(path, buffer.getvalue())
-
-
 def plot_lr_star(result: CompareResult, path: str | Path) -> None:
     """lr* against size (log-log), one panel per family, one line per parametrization."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     families = sorted({o.family for o in result.optima})
     fig, axes = plt.subplots(1, len(families), figsize=(4.8 * len(families), 3.8), squeeze=False)
     for ax, family in zip(axes[0], families):
@@ -309,17 +279,13 @@ def plot_lr_star(result: CompareResult, path: str | Path) -> None:
         ax.set_title(f"{family} family")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, Path(path))
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def plot_regret(result: CompareResult, path: str | Path) -> None:
     """Regret at the held-out size per (parametrization, method), with the seed spread."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [h for h in result.holdouts if math.isfinite(h.regret)]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.8))
     names = [f"{h.label}\n{h.family}\n{h.method}" for h in rows]
@@ -332,5 +298,19 @@ def plot_regret(result: CompareResult, path: str | Path) -> None:
     ax.set_ylabel("regret (nats)")
     ax.set_title("held-out largest size: fitted law vs base LR reused")
     fig.tight_layout()
-    _save(fig, Path(path))
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ the command
+def run_compare(sweep_dirs: list[str | Path], out: str | Path | None = None, select: str = "parabola") -> CompareResult:
+    """Everything ``scaling compare`` does: :func:`compare`, then (with ``out``) compare.json,
+    lr_star.png and regret.png written there; the result's ``files`` lists them."""
+    result = compare(sweep_dirs, select=select)
+    if out is None:
+        return result
+    out = Path(out)
+    records.write_json(out / "compare.json", result.to_json())
+    plot_lr_star(result, out / "lr_star.png")
+    plot_regret(result, out / "regret.png")
+    return dataclasses.replace(result, files=[out / "compare.json", out / "lr_star.png", out / "regret.png"])

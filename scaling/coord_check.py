@@ -5,8 +5,10 @@ parametrization, run ``steps`` AdamW steps at one LR on the same real corpus bat
 the mean |output| of every module at the forward of each step (step 1 is at init). A
 parametrization that transfers keeps each of these flat against width (depth): the log-log
 slope of mean |activation| (averaged over seeds) against width per (module, step) stays near 0.
-The threshold 0.13 is microsoft/mup's own test (ratio within 1.2 over a 4x width range).
-SP fails it: after one Adam step the logits and hidden pre-activations grow like the width.
+The threshold 0.13 is microsoft/mup's own test (ratio within 1.2 over a 4x width range;
+``mm1model.paper.COORD_CHECK_THRESHOLD``). SP fails it: after one Adam step the logits and
+hidden pre-activations grow like the width. The slope is :func:`scaling.fit.fit_line`'s, the
+least-squares line every part of the project fits.
 
 Modules are named as in the model, except the LM's blocks under a depth family, which are
 named by relative depth, because CompleteP's claim is about coordinates at equal relative depth
@@ -17,15 +19,18 @@ relative depth of the block's input, in lowest terms: ``lm.blocks@0.attention``,
 ``lm.stream@(i+1)/L`` (``lm.stream@1`` is the last block's output). Only the names present at
 every depth are compared. A module whose output is exactly 0 at some size (the
 zero-initialised query and head at step 1) has no slope at that step and is listed as such.
+
+:func:`coord_check` returns a :class:`CoordCheckResult`; :func:`run_coord_check` (the command)
+also writes coord_check.json and coord_check.png.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import re
 from fractions import Fraction
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,11 +38,13 @@ import torch
 
 from mm1model import records
 from mm1model.config import ConfigError, replace
+from mm1model.data import DataConfig, PackedStream
 from mm1model.model import MM1, MM1Config
+from mm1model.paper import ADAM_BETAS, ADAM_EPS, COORD_CHECK_THRESHOLD
 from mm1model.parametrization import PARAMETRIZATIONS, param_groups, set_group_lrs
 from mm1model.sizes import get_size
-
-THRESHOLD = 0.13
+from scaling.fit import fit_line
+from scaling.plots import pyplot, write_figure
 
 
 @dataclass
@@ -58,7 +65,7 @@ class CoordCheckConfig:
     lr: float = 3e-3
     batch_size: int = 1
     seq_len: int = 32
-    threshold: float = THRESHOLD
+    threshold: float = COORD_CHECK_THRESHOLD
     corpus: str | None = None
     fresh_batches: bool = False
 
@@ -91,6 +98,7 @@ class CoordCheckResult:
     worst: tuple[str, int]
     passed: bool
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    files: list[Path] = field(default_factory=list)  # what run_coord_check wrote; not in the record
 
     def summary(self) -> str:
         """A few lines: verdict, worst module, and the steepest modules at the last step."""
@@ -104,6 +112,8 @@ class CoordCheckResult:
         lines.append(f"steepest at step {c.steps}: " + ", ".join(f"{m} {s:+.2f}" for _, m, s in last[:5]))
         if not self.passed and c.parametrization == "sp":
             lines.append("sp is expected to fail: its activations grow with the model, so its optimum LR moves")
+        if self.files:
+            lines.append(f"wrote {' and '.join(map(str, self.files))}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,8 +142,6 @@ def _batches(config: CoordCheckConfig, model_config: MM1Config) -> list[dict[str
             ids = torch.randint(5, model_config.lm.vocab_size, (config.batch_size, config.seq_len + 1), generator=g)
             out.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "images": []})
     else:
-        from mm1model.data import DataConfig, PackedStream
-
         data = DataConfig(corpus=config.corpus, seq_len=config.seq_len, image_size=model_config.vit.image_size,
                           image_tokens=model_config.tokens_per_image, seed=0)
         stream = PackedStream(data)
@@ -165,7 +173,7 @@ def _activations(model: MM1, axis: str, batches: list[dict[str, Any]], lr: float
     handles = [module.register_forward_hook(hook(key))
                for name, module in model.named_modules() if name
                for key in _module_keys(name, model.config.lm.n_layers, axis)]
-    optimizer = torch.optim.AdamW(param_groups(model, None, lr, 0.0, 1e-8), lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, None, lr, 0.0, ADAM_EPS), lr=lr, betas=ADAM_BETAS)
     set_group_lrs(optimizer, lr)
     steps = []
     try:
@@ -227,7 +235,7 @@ def coord_check(config: CoordCheckConfig) -> CoordCheckResult:
     base = base or config.sizes[int(order[0])]
     models = [replace(p, parametrization=config.parametrization, base_size=base, alpha=config.alpha) for p in plain]
     batches = _batches(config, models[0])
-    records, per_size = [], []
+    activation_rows, per_size = [], []
     reference = [_seeded(models[int(order[0])], seed) for seed in range(config.seeds)]
     for size, mcfg in zip(config.sizes, models):
         per_seed = []
@@ -236,8 +244,8 @@ def coord_check(config: CoordCheckConfig) -> CoordCheckResult:
             _share_encoder(model, reference[seed])
             steps = _activations(model, axis, batches, config.lr)
             per_seed.append(steps)
-            records += [{"size": size, "seed": seed, "step": t + 1, "module": m, "l1": v}
-                        for t, row in enumerate(steps) for m, v in row.items()]
+            activation_rows += [{"size": size, "seed": seed, "step": t + 1, "module": m, "l1": v}
+                                for t, row in enumerate(steps) for m, v in row.items()]
         per_size.append(per_seed)
     common = set.intersection(*(set(per_seed[0][0]) for per_seed in per_size))
     modules = [m for m in per_size[0][0][0] if m in common]  # forward order of the first size
@@ -252,23 +260,19 @@ def coord_check(config: CoordCheckConfig) -> CoordCheckResult:
             if min(means) <= 0.0 or not all(math.isfinite(v) for v in means):
                 slopes[m].append(None)
                 continue
-            slope = float(np.polyfit(log_x, np.log(means), 1)[0])
+            slope = fit_line(log_x, np.log(means)).slope
             slopes[m].append(slope)
             if abs(slope) > max_slope:
                 max_slope, worst = abs(slope), (m, t + 1)
     return CoordCheckResult(config=config, axis=axis, x=[int(v) for v in x], l1=l1, slopes=slopes,
                             max_slope=max_slope, worst=worst, passed=max_slope <= config.threshold,
-                            records=records)
+                            records=activation_rows)
 
 
-def plot_coord_check(result: CoordCheckResult, path) -> None:
+def plot_coord_check(result: CoordCheckResult, path: str | Path) -> None:
     """One panel per step: mean |activation| against width (depth), log-log, one line per
     module; the modules steeper than the threshold are drawn in colour and labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = result.config.steps
     fig, axes = plt.subplots(1, steps, figsize=(4.2 * steps, 3.8), squeeze=False, sharey=True)
     for t, ax in enumerate(axes[0]):
@@ -295,7 +299,17 @@ def plot_coord_check(result: CoordCheckResult, path) -> None:
                  f"(max |slope| {result.max_slope:.2f}, threshold {result.config.threshold}; "
                  "grey: within it or not the six steepest)", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    records.write_bytes(path, buffer.getvalue())
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+def run_coord_check(config: CoordCheckConfig, out: str | Path | None = None) -> CoordCheckResult:
+    """Everything ``scaling coord-check`` does: :func:`coord_check`, then (with ``out``)
+    coord_check.json and coord_check.png written there; the result's ``files`` lists them."""
+    result = coord_check(config)
+    if out is None:
+        return result
+    out = Path(out)
+    records.write_json(out / "coord_check.json", result.to_json())
+    plot_coord_check(result, out / "coord_check.png")
+    return dataclasses.replace(result, files=[out / "coord_check.json", out / "coord_check.png"])

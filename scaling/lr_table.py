@@ -1,8 +1,11 @@
 """The LR table for target sizes, as Markdown, CSV and JSON.
 
-One row per target: the recipe ``scaling.recipe.recipe_for`` gives under a law, with the law's
-95% prediction interval, and (when a reference law is given) the reference's peak LR beside it.
-Presentation only: the numbers come from :class:`scaling.fit.FitResult` and the recipe.
+One row per target (:func:`table_row`): the recipe ``scaling.recipe.recipe_for`` gave under a
+law, with the law's 95% prediction interval, and (when a reference law was shown) the
+reference's peak LR beside it. Presentation only: the rows are made from recipes
+:mod:`scaling.report` computed once per target; nothing here predicts. :func:`to_markdown` is
+the one rendering of the table: the full recipe (lr_table.md) or its peak-LR columns
+(:func:`peak_lr_table`, what ``scaling fit`` and ``scaling summary`` print).
 """
 from __future__ import annotations
 
@@ -11,8 +14,7 @@ import io
 import json
 from typing import Any, Sequence
 
-from scaling.fit import FitResult
-from scaling.recipe import Recipe, recipe_for
+from scaling.recipe import Recipe
 
 # (key, Markdown header) in column order.
 COLUMNS = [
@@ -36,21 +38,15 @@ COLUMNS = [
     ("z_loss", "z-loss"),
     ("total_tokens", "total tokens"),
 ]
+# The columns a command prints: the law's answer, without the rest of the recipe.
+PEAK_LR_COLUMNS = ("target", "params", "peak_lr", "peak_lr_pi95_low", "peak_lr_pi95_high", "reference_lr")
 
 
-def table_rows(law: FitResult, targets: Sequence[str | float], reference: FitResult | None = None) -> list[dict[str, Any]]:
-    """One dict per target with the keys of :data:`COLUMNS` (``reference_lr`` only with a
-    reference law; PI columns None when the law has no interval)."""
-    rows = []
-    for target in targets:
-        recipe = recipe_for(target, law)
-        rows.append(_row(recipe, recipe_for(recipe.params, reference).peak_lr if reference else None))
-    return rows
-
-
-def _row(r: Recipe, reference_lr: float | None) -> dict[str, Any]:
+def table_row(r: Recipe, reference_lr: float | None = None) -> dict[str, Any]:
+    """One dict with the keys of :data:`COLUMNS` for the recipe ``r`` (PI columns None when its
+    law has no interval; ``reference_lr`` None without a reference law)."""
     pi = r.peak_lr_pi95
-    row = {
+    return {
         "target": r.size or f"{r.params:.3g}", "params": r.params, "peak_lr": r.peak_lr,
         "peak_lr_pi95_low": pi[0] if pi else None, "peak_lr_pi95_high": pi[1] if pi else None,
         "reference_lr": reference_lr, "min_lr": r.min_lr, "warmup_steps": r.warmup_steps,
@@ -59,12 +55,11 @@ def _row(r: Recipe, reference_lr: float | None) -> dict[str, Any]:
         "seq_len": r.seq_len, "max_images": r.max_images, "image_tokens": r.image_tokens,
         "grad_clip": r.grad_clip, "z_loss": r.z_loss, "total_tokens": r.total_tokens,
     }
-    return row
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _columns(rows: list[dict[str, Any]], keys: Sequence[str] | None) -> list[tuple[str, str]]:
     # Drop columns that are empty in every row (no reference, no intervals).
-    return [(k, h) for k, h in COLUMNS if any(r.get(k) is not None for r in rows)]
+    return [(k, h) for k, h in COLUMNS if (keys is None or k in keys) and any(r.get(k) is not None for r in rows)]
 
 
 def _fmt(value: Any) -> str:
@@ -83,12 +78,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """A GitHub Markdown table (3 significant figures)."""
-    cols = _columns(rows)
+def to_markdown(rows: list[dict[str, Any]], keys: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table (3 significant figures) of the columns ``keys`` (None: all)."""
+    cols = _columns(rows, keys)
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k, _ in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def peak_lr_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`to_markdown` of :data:`PEAK_LR_COLUMNS`."""
+    return to_markdown(rows, PEAK_LR_COLUMNS)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

@@ -1,42 +1,58 @@
 """Figures of a fit, one function per figure, each saved as PNG and SVG.
 
-Plot functions only draw what a :class:`scaling.fit.FitResult` already holds (optima, their
+Plot functions only draw what a :class:`scaling.law.FitResult` already holds (optima, their
 bootstrap intervals, the loss curves, coefficients and their covariance, targets); they never
-fit. Every file is written atomically.
+fit or predict a target. :mod:`scaling.report` decides which figures a fit gets and where.
+:func:`write_figure` is how every figure of the project reaches disk: atomically.
 """
 from __future__ import annotations
 
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")  # headless: files only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from mm1model import records
+from mm1model.paper import MM1_SWEEP_PARAMS, MM1_SWEEP_SIZES
+from scaling.law import FitResult
 
-from mm1model import records  # noqa: E402
-from scaling.fit import FitResult  # noqa: E402
-from scaling.reference import MM1_SWEEP_PARAMS  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write ``stem``.png (150 dpi) and ``stem``.svg atomically; returns both paths."""
-    paths = []
-    for suffix, kwargs in ((".png", {"dpi": 150}), (".svg", {})):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", **kwargs)
-        path = Path(f"{stem}{suffix}")
-        records.write_bytes(path, buffer.getvalue())
-        paths.append(path)
-    plt.close(fig)
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (files only). Imported on first use: it
+    takes a third of a second, and most commands draw nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_figure(fig: Figure, path: str | Path, **savefig) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names; ``savefig``: more
+    keywords of matplotlib's ``savefig`` (dpi, bbox_inches). The figure stays open."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig)
+    records.write_bytes(path, buffer.getvalue())
+    return path
+
+
+def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write ``stem``.png (150 dpi) and ``stem``.svg atomically, then close ``fig``; returns both paths."""
+    paths = [write_figure(fig, f"{stem}.png", bbox_inches="tight", dpi=150),
+             write_figure(fig, f"{stem}.svg", bbox_inches="tight")]
+    pyplot().close(fig)
     return paths
 
 
 def _colors(n: int):
-    return plt.cm.viridis(np.linspace(0.0, 0.85, max(n, 1)))
+    return pyplot().cm.viridis(np.linspace(0.0, 0.85, max(n, 1)))
 
 
 def _loss(point: dict) -> float:
@@ -47,7 +63,7 @@ def _loss(point: dict) -> float:
 def loss_vs_lr(result: FitResult, stem: str | Path) -> list[Path]:
     """Final validation loss against peak LR, one curve per size (seed means), diverged runs as
     crosses on the top edge, the chosen optimum as a star with its bootstrap 95% interval."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.8))
     finite = [_loss(p) for o in result.optima for p in o["points"] if math.isfinite(_loss(p))]
     top = max(finite) + 0.08 * (max(finite) - min(finite) + 1e-9)
     for opt, color in zip(result.optima, _colors(len(result.optima))):
@@ -90,7 +106,9 @@ def lr_law(result: FitResult, stem: str | Path, reference: FitResult | None = No
     """ln N against ln lr* on log-log axes: the groups' optima with their intervals, the fitted
     line with its 95% confidence band, the targets with 95% prediction intervals, and the
     reference law (MM1's) for comparison."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    from matplotlib.ticker import NullFormatter  # matplotlib loads on first use (see pyplot)
+
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.8))
     ns = [o["params"] for o in result.optima] + [t["params"] for t in result.targets]
     if result.source == "mm1":  # no data: span the paper's own sweep sizes too
         ns += list(MM1_SWEEP_PARAMS)
@@ -108,7 +126,7 @@ def lr_law(result: FitResult, stem: str | Path, reference: FitResult | None = No
                         label="95% confidence band")
     if result.source == "mm1":
         ax.plot(MM1_SWEEP_PARAMS, [result.predict(n) for n in MM1_SWEEP_PARAMS], "s", color="C0", ms=5,
-                label="MM1's sweep sizes (9M-1.2B)")
+                label=f"MM1's sweep sizes ({MM1_SWEEP_SIZES[0]}-{MM1_SWEEP_SIZES[-1]})")
     elif reference is not None:
         ax.plot(grid, [reference.predict(n) for n in grid], "--", color="C3", lw=1.5,
                 label=f"MM1 law: {reference.formula()}")
@@ -148,7 +166,7 @@ def lr_law(result: FitResult, stem: str | Path, reference: FitResult | None = No
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):  # minor-tick labels collide on short log ranges
-        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlim(n_lo, n_hi)
     low, high = ax.get_ylim()
     ax.set_ylim(low / 3, high)  # room for the target labels under their intervals

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mm1model import paper
 from mm1model.config import ConfigError
@@ -29,10 +29,7 @@ from mm1model.counting import param_counts
 from mm1model.sizes import get_size, size_names
 from mm1model.train_config import SCHEDULES, OptimizerConfig
 
-from scaling.reference import mm1_law
-
-if TYPE_CHECKING:
-    from scaling.fit import FitResult
+from scaling.law import FitResult, mm1_law
 
 ORIGINS = ("fit", "paper", "user")
 
@@ -123,7 +120,7 @@ def default_z_loss(size: str | None, params: float, n_convention: str = "non_emb
     return get_size(size).lm.z_loss
 
 
-def recipe_for(size_or_params: str | float | int, law: "FitResult | None" = None,
+def recipe_for(size_or_params: str | float | int, law: FitResult | None = None,
                overrides: dict[str, Any] | None = None) -> Recipe:
     """The MM1 recipe for a target: a size name (``30B``) or a raw N (``3e10``).
 

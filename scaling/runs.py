@@ -1,15 +1,25 @@
-"""Read a sweep directory into a runs table and a status summary, from files only.
+"""Runs tables: read from run directories and runs files, from files only.
 
 The runs table is the contract between ``scaling sweep`` and ``scaling fit``: one row per
 settled run with the columns :data:`RUN_COLUMNS`. ``loss`` is the final validation loss in nats
 per token, NaN when the run diverged or failed; a diverged run ranks worse than any finite loss
 (see :func:`rank_key`). ``params`` is N, the language model's non-embedding parameter count.
+
+One reader, :func:`run_row`, turns a trainer run directory (``config.json`` + ``result.json``,
+as :mod:`mm1model.train` writes it) into a row. :func:`collect_runs` uses it for the cells of a
+``scaling sweep`` directory (a cell is a trainer run directory plus the sweep's own files, which
+decide its status); :func:`trainer_runs_table` for any tree of trainer run directories;
+:func:`read_runs_file` reads a table written by :func:`write_runs` (or by hand). A run's
+parametrization is named once, by :class:`Parametrization`, and :func:`single_parametrization`
+is the one refusal of a table that mixes them.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -20,6 +30,8 @@ from scaling.cells import CellState, cell_state, read_attempts, read_result
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
                "wall_s", "path", "parametrization")
 SETTLED = ("ok", "diverged", "failed")
+# What a refusal of mixed parametrizations suggests instead.
+SIDE_BY_SIDE = "(`scaling compare` sets them side by side)"
 
 
 def rank_key(status: str, loss: float | None) -> float:
@@ -29,6 +41,141 @@ def rank_key(status: str, loss: float | None) -> float:
     return math.inf
 
 
+# ------------------------------------------------------------------------- parametrizations
+@dataclasses.dataclass(frozen=True)
+class Parametrization:
+    """A run's parametrization, from the model overrides of its TrainConfig (absent = sp)."""
+
+    name: str = "sp"
+    base_size: str | None = None
+    alpha: float = 1.0
+
+    @classmethod
+    def of(cls, model: Mapping[str, Any]) -> "Parametrization":
+        alpha = model.get("alpha")
+        return cls(name=model.get("parametrization") or "sp", base_size=model.get("base_size"),
+                   alpha=1.0 if alpha is None else float(alpha))
+
+    @property
+    def label(self) -> str:
+        """``sp``, or e.g. ``mup(base=w32)`` / ``completep(base=d2, alpha=0.5)``: everything that
+        moves the optimal LR, so runs fitted as one law must share it (runs.csv's column)."""
+        if self.name == "sp":
+            return self.name
+        parts = [f"base={self.base_size}"]
+        if self.name == "completep":
+            parts.append(f"alpha={self.alpha:g}")
+        return f"{self.name}({', '.join(parts)})"
+
+    @property
+    def kind(self) -> str:
+        """The label without the base size: ``sp``, ``mup``, ``completep``, or ``completep_a0.5``
+        for another alpha. `scaling compare` sets kinds side by side; a base is a choice within one."""
+        if self.name == "completep" and self.alpha != 1.0:
+            return f"completep_a{self.alpha:g}"
+        return self.name
+
+
+def parametrization_label(model: Mapping[str, Any]) -> str:
+    """:attr:`Parametrization.label` of a TrainConfig's model overrides."""
+    return Parametrization.of(model).label
+
+
+def single_parametrization(runs: pd.DataFrame) -> str:
+    """The one parametrization of a runs table; a mix cannot be fitted as one law and raises
+    ConfigError. A table that knows each run's kind and base size (the ``label`` and
+    ``base_size`` columns of :func:`scaling.compare.load_runs`) is checked kind first, then base,
+    so the error names what differs, and the kind is returned; a table with the ``parametrization``
+    column alone (runs files) is checked on those labels, and the label returned. No column: sp."""
+    if "label" in runs and "base_size" in runs:
+        kinds = sorted(set(runs["label"]))
+        if len(kinds) > 1:
+            raise ConfigError(f"the runs mix parametrizations {', '.join(kinds)}: fit one at a time {SIDE_BY_SIDE}")
+        bases = sorted({str(b) for b in runs["base_size"] if isinstance(b, str)})
+        if len(bases) > 1:
+            raise ConfigError(f"the {kinds[0]} runs mix base sizes {', '.join(bases)}: fit one base at a time")
+        return kinds[0] if kinds else "sp"
+    labels = sorted(map(str, runs["parametrization"].dropna().unique())) if "parametrization" in runs else []
+    if len(labels) > 1:
+        raise ConfigError(f"the runs mix parametrizations ({', '.join(labels)}): one law per parametrization; "
+                          f"fit them one at a time {SIDE_BY_SIDE}")
+    return labels[0] if labels else "sp"
+
+
+# ------------------------------------------------------------------------- run directories
+def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
+            planned: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One runs-table row (:data:`RUN_COLUMNS` plus ``params_lm_total``) of a trainer run
+    directory: its ``result.json`` read with its TrainConfig dict, ``config`` (None: the
+    directory's ``config.json``). ``planned``: what a sweep planned for the run's size
+    (``params``, ``tokens``, ``batch_size``), used where the run recorded none. A run without a
+    result.json (it failed before writing one) keeps its config's values; ``status`` is then the
+    caller's to decide (a sweep reads it from its cells' attempts)."""
+    run_dir = Path(run_dir)
+    result = read_result(run_dir) or {}
+    if config is None:
+        config_path = run_dir / "config.json"
+        config = records.read_json(config_path) if config_path.exists() else {}
+    planned = planned or {}
+    params = result.get("params")
+    if not isinstance(params, (int, float)):
+        params = planned.get("params")
+    batch_size = config.get("batch_size", result.get("batch_size", planned.get("batch_size")))
+    status = result.get("status", "ok")
+    loss = result.get("final_val_loss") if status == "ok" else None  # a number beside diverged is no result
+    return {
+        "size": config.get("size", result.get("size")),
+        "params": int(params) if params is not None else None,
+        "tokens": int(result.get("tokens") or planned.get("tokens") or 0),
+        "batch_size": int(batch_size or 0),
+        "lr": result.get("lr", config.get("lr")),
+        "seed": config.get("seed", result.get("seed")),
+        "loss": float(loss) if loss is not None else math.nan,
+        "status": status,
+        "steps": int(result.get("steps") or config.get("steps") or 0),
+        "wall_s": result.get("wall_s"),
+        "path": str(run_dir.resolve()),
+        "parametrization": parametrization_label(config.get("model") or {}),
+        # The trainer records every count in config.json; --n-convention total reads this one.
+        "params_lm_total": (config.get("param_counts") or {}).get("params_lm_total"),
+    }
+
+
+def trainer_runs_table(root: str | Path) -> pd.DataFrame:
+    """The runs table of a tree of trainer run directories: one :func:`run_row` per
+    ``result.json`` found below ``root``."""
+    root = Path(root)
+    rows = [run_row(path.parent) for path in sorted(root.rglob("result.json"))]
+    if not rows:
+        raise ConfigError(f"no runs under {root} (looked for */result.json)")
+    return pd.DataFrame(rows)
+
+
+def read_runs_dir(path: str | Path) -> pd.DataFrame:
+    """The runs table of a directory: a `scaling sweep` directory (it has sweep.json) by
+    :func:`collect_runs`, any other by :func:`trainer_runs_table`."""
+    path = Path(path)
+    return collect_runs(path) if (path / "sweep.json").exists() else trainer_runs_table(path)
+
+
+def read_runs_file(path: str | Path) -> pd.DataFrame:
+    """A runs table from a CSV, Parquet or JSONL file (by its suffix); a ConfigError naming the
+    file when it cannot be read."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.DataFrame(records.read_jsonl(path))
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"cannot read runs table {path}: {str(err).splitlines()[0]}") from None
+    raise ConfigError(f"unknown runs table format {path.name}; use .csv, .parquet or .jsonl")
+
+
+# ------------------------------------------------------------------------- sweep directories
 def _sweep_meta(sweep_dir: Path) -> dict:
     if not sweep_dir.is_dir():
         raise ConfigError(f"no sweep directory at {sweep_dir}")
@@ -53,20 +200,9 @@ def cell_states(sweep_dir: str | Path) -> list[CellState]:
     return [cell_state(p) for p in cell_dirs(sweep_dir)]
 
 
-def parametrization_label(model: dict) -> str:
-    """``sp``, or e.g. ``mup(base=w32)`` / ``completep(base=d2, alpha=0.5)``: the model overrides
-    that change where the optimal LR sits, so runs fitted as one law must share it."""
-    name = model.get("parametrization") or "sp"
-    if name == "sp":
-        return name
-    parts = [f"base={model.get('base_size')}"]
-    if name == "completep":
-        parts.append(f"alpha={float(model.get('alpha') or 1.0):g}")
-    return f"{name}({', '.join(parts)})"
-
-
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
-    """The runs table of a sweep: one row per settled cell (ok, diverged or failed).
+    """The runs table of a sweep: one :func:`run_row` per settled cell (ok, diverged or failed),
+    its identity and status as the cell's own files say (a failed cell may have no result.json).
 
     Cells still pending or running are left out; a rerun of the sweep fills them in.
     """
@@ -76,30 +212,12 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
     for state in cell_states(sweep_dir):
         if state.status not in SETTLED:
             continue
-        cell = records.read_json(state.path / "cell.json")
-        train = cell["train"]
-        result = read_result(state.path) or {}
-        planned = meta["sizes"].get(state.size, {})
-        params = result.get("params")
-        if not isinstance(params, (int, float)):
-            params = planned.get("params")
-        wall_s = result.get("wall_s")
-        if wall_s is None:
-            wall_s = sum(a.get("wall_s") or 0.0 for a in read_attempts(state.path))
-        rows.append({
-            "size": state.size,
-            "params": int(params) if params is not None else None,
-            "tokens": int(result.get("tokens") or planned.get("tokens") or 0),
-            "batch_size": int(train.get("batch_size", planned.get("batch_size", 0))),
-            "lr": state.lr,
-            "seed": state.seed,
-            "loss": float(state.loss) if state.loss is not None else math.nan,
-            "status": state.status,
-            "steps": int(result.get("steps") or train.get("steps") or 0),
-            "wall_s": float(wall_s),
-            "path": str(state.path.resolve()),
-            "parametrization": parametrization_label(train.get("model") or {}),
-        })
+        train = records.read_json(state.path / "cell.json")["train"]
+        row = run_row(state.path, train, planned=meta["sizes"].get(state.size, {}))
+        if row["wall_s"] is None:  # the trainer never finished: its attempts' time is the cost
+            row["wall_s"] = sum(a.get("wall_s") or 0.0 for a in read_attempts(state.path))
+        rows.append({**row, "size": state.size, "lr": state.lr, "seed": state.seed, "status": state.status,
+                     "wall_s": float(row["wall_s"])})
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
@@ -109,8 +227,6 @@ def write_runs(frame: pd.DataFrame, out: str | Path) -> Path:
     if out.suffix == ".csv":
         records.write_text(out, frame.to_csv(index=False))
     elif out.suffix == ".parquet":
-        import io
-
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
         records.write_bytes(out, buffer.getvalue())

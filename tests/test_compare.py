@@ -22,6 +22,7 @@ from mm1model.sizes import get_size
 from scaling.cells import cell_name
 from scaling.cli import main
 from scaling.compare import compare, load_runs, single_parametrization
+from scaling.runs import Parametrization
 
 WIDTHS = {"w32": 32, "w64": 64, "w128": 128, "w256": 256}
 DEPTHS = {"d2": 2, "d4": 4, "d8": 8}
@@ -186,3 +187,11 @@ def test_base_larger_than_target_in_a_sweep(tmp_path):
 def test_not_a_sweep_directory(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(tmp_path)])
     assert result.exit_code == 2 and "is not a sweep directory (no sweep.json)" in result.output
+
+
+def test_one_parametrization_name_per_run():
+    cp = Parametrization.of({"parametrization": "completep", "base_size": "d2", "alpha": 0.5})
+    assert (cp.label, cp.kind) == ("completep(base=d2, alpha=0.5)", "completep_a0.5")
+    mup = Parametrization.of({"parametrization": "mup", "base_size": "w32"})
+    assert (mup.label, mup.kind) == ("mup(base=w32)", "mup")
+    assert Parametrization.of({}).label == Parametrization.of({}).kind == "sp"

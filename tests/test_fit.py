@@ -14,8 +14,12 @@ import pytest
 import statsmodels.api as sm
 
 from mm1model.config import ConfigError
-from scaling.fit import FitResult, fit_runs, select_curve, with_targets
-from scaling.reference import MM1_INTERCEPT, MM1_LN_PARAMS, MM1_SWEEP_PARAMS, mm1_law
+from mm1model.paper import MM1_LAW_INTERCEPT as MM1_INTERCEPT
+from mm1model.paper import MM1_LAW_SLOPE as MM1_LN_PARAMS
+from mm1model.paper import MM1_SWEEP_PARAMS
+from scaling.fit import fit_line, fit_runs, select_curve
+from scaling.law import FitResult, mm1_law
+from scaling.report import with_targets
 
 LN2 = math.log(2)
 
@@ -246,3 +250,15 @@ def test_swept_batch_size_picks_the_best_batch_and_fits_a_batch_law():
     # batch* = 8, 16, 32 at D = 1e7, 1e8, 1e9: exponent log10(2).
     assert result.batch_law["coefficients"]["ln_tokens"] == pytest.approx(math.log10(2), abs=1e-12)
     assert fit_runs(synth([1e5, 1e6])).batch_law is None
+
+
+def test_fit_line_is_the_least_squares_line_of_every_caller():
+    x = np.log([32.0, 64.0, 128.0, 256.0])
+    y = np.array([0.1, 0.35, 0.4, 0.8])
+    line = fit_line(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert line.slope == pytest.approx(slope, abs=1e-12) and line.intercept == pytest.approx(intercept, abs=1e-12)
+    assert line.at(math.log(512.0)) == pytest.approx(intercept + slope * math.log(512.0), abs=1e-12)
+    lo, hi = line.slope_ci95
+    assert lo < slope < hi
+    assert all(math.isnan(v) for v in fit_line(x[:2], y[:2]).slope_ci95)  # no degree of freedom left

@@ -11,11 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from mm1model import records
+from mm1model.config import ConfigError
 from mm1model.counting import param_counts
 from mm1model.sizes import get_size
-from scaling import plots
+from scaling import lr_table, plots
 from scaling.cli import main
-from scaling.fit import FitResult, fit_runs, read_runs
+from scaling.fit import fit_runs, read_runs
+from scaling.law import FitResult
+from scaling.report import run_fit
 
 SIZES = ("100K", "300K", "1M", "3M")
 
@@ -216,3 +219,31 @@ def test_total_convention_recounts_n_and_is_recorded(tmp_path):
     assert fit["n_convention"] == "total"
     assert [o["params"] for o in fit["optima"]] == [param_counts(get_size(s)).params_lm_total for s in SIZES]
     assert fit["targets"][0]["params"] == param_counts(get_size("3B")).params_lm_total
+
+
+def test_each_target_is_predicted_once_and_shown_alike_everywhere(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    report = run_fit([sweep], reference="mm1", bootstrap=0, targets="3B,3e10")
+    assert report.out == sweep / "fit"
+    fit = json.loads((report.out / "fit.json").read_text())
+    table = json.loads((report.out / "lr_table.json").read_text())
+    for p, target, row in zip(report.predictions, fit["targets"], table):
+        assert target["peak_lr"] == row["peak_lr"] == p.recipe.peak_lr
+        assert target["reference_lr"] == row["reference_lr"] == p.reference_lr
+    assert [t["name"] for t in fit["targets"]] == [r["target"] for r in table] == ["3B", "3e+10"]
+    # `scaling fit` and `scaling summary` print the one rendering of the peak-LR table
+    shown = lr_table.peak_lr_table(report.table)
+    assert shown in report.summary()
+    summary = invoke("summary", sweep)
+    assert summary.exit_code == 0, summary.output
+    assert shown in summary.output and "MM1's -0.4214 is" in summary.output
+    (report.out / "lr_table.json").unlink()
+    assert f"error: no lr_table.json in {report.out}" in invoke("summary", sweep).output
+
+
+def test_trainer_run_directories_mixing_parametrizations_are_refused(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    for path in (sweep / "3M").rglob("config.json"):
+        records.write_json(path, {**records.read_json(path), "model": {"parametrization": "mup", "base_size": "w32"}})
+    with pytest.raises(ConfigError, match=r"^the runs mix parametrizations \(mup\(base=w32\), sp\)"):
+        fit_runs(read_runs([sweep]))

@@ -1,4 +1,4 @@
-"""`scaling.recipe` and `scaling.reference`: the MM1 recipe for a target, values and origins."""
+"""`scaling.recipe` and MM1's law (`scaling.law.mm1_law`): the MM1 recipe for a target, values and origins."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,11 @@ import pytest
 
 from mm1model.config import ConfigError
 from mm1model.counting import param_counts
+from mm1model.paper import MM1_LR_TABLE as MM1_TABLE
+from mm1model.paper import mm1_peak_lr as mm1_lr
 from mm1model.sizes import get_size
-from scaling.fit import FitResult
+from scaling.law import FitResult, mm1_law
 from scaling.recipe import OVERRIDABLE, recipe_for, resolve_target
-from scaling.reference import MM1_TABLE, mm1_law, mm1_lr
 
 
 def test_mm1_law_values():

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
-from mm1model import records
+from mm1model.parametrization import PARAMETRIZATIONS
 from scaling.cli import main
-from scaling.coord_check import THRESHOLD, CoordCheckConfig, coord_check, plot_coord_check
+from scaling.coord_check import CoordCheckConfig, run_coord_check
 
 
 @main.command("coord-check")
 @click.option("--sizes", required=True,
               help="Comma-separated sizes of one family, e.g. w32,w64,w128,w256 or d2,d4,d8.")
-@click.option("--parametrization", "parametrization", type=click.Choice(["sp", "mup", "completep"]), default="mup",
+@click.option("--parametrization", "parametrization", type=click.Choice(PARAMETRIZATIONS), default="mup",
               show_default=True)
 @click.option("--base-size", default=None, help="Base size of mup / completep (default: the smallest of --sizes).")
 @click.option("--alpha", type=float, default=CoordCheckConfig.alpha, show_default=True,
@@ -24,7 +23,8 @@ from scaling.coord_check import THRESHOLD, CoordCheckConfig, coord_check, plot_c
 @click.option("--seeds", type=int, default=CoordCheckConfig.seeds, show_default=True,
               help="Model seeds averaged per size.")
 @click.option("--lr", type=float, default=CoordCheckConfig.lr, show_default=True, help="AdamW LR of every step.")
-@click.option("--threshold", type=float, default=THRESHOLD, show_default=True, help="Largest |slope| that passes.")
+@click.option("--threshold", type=float, default=CoordCheckConfig.threshold, show_default=True,
+              help="Largest |slope| that passes.")
 @click.option("--corpus", default=None, help="Corpus directory (default: the prepared one), or 'synthetic'.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write coord_check.json and coord_check.png here.")
@@ -36,12 +36,6 @@ def coord_check_command(sizes: str, parametrization: str, base_size: str | None,
     config = CoordCheckConfig(sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()),
                               parametrization=parametrization, base_size=base_size, alpha=alpha, steps=steps,
                               seeds=seeds, lr=lr, threshold=threshold, corpus=corpus)
-    result = coord_check(config)
-    if out:
-        out_dir = Path(out)
-        records.write_json(out_dir / "coord_check.json", result.to_json())
-        plot_coord_check(result, out_dir / "coord_check.png")
+    result = run_coord_check(config, out)
     click.echo(result.summary())
-    if out:
-        click.echo(f"wrote {Path(out) / 'coord_check.json'} and {Path(out) / 'coord_check.png'}")
     sys.exit(0 if result.passed else 1)

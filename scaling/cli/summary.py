@@ -13,6 +13,4 @@ from scaling.summary import summarize
               help="The `scaling fit` output directory [default: SWEEP_DIR/fit].")
 def summary_command(sweep_dir, fit_dir):
     """The fitted law beside MM1's, the backtest, the LR table and where every file is."""
-    from pathlib import Path
-
-    click.echo(summarize(sweep_dir, fit_dir or Path(sweep_dir) / "fit"))
+    click.echo(summarize(sweep_dir, fit_dir).summary())
