@@ -42,6 +42,7 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError, replace
+from mm1model.parametrization import parametrize
 from mm1model.sizes import family_of, get_size
 from scaling.fit import clean_runs, fit_line, select_optima
 from scaling.plots import pyplot, write_figure
@@ -169,7 +170,7 @@ def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
             par = Parametrization.of(model)
             # Building the config validates the cell (a base larger than the size, an unknown
             # parametrization) with the model's own one-line errors.
-            cfg = replace(get_size(size), parametrization=par.name, base_size=par.base_size, alpha=par.alpha)
+            cfg = parametrize(replace(get_size(size), parametrization=par.name, base_size=par.base_size, alpha=par.alpha))
             family = family_of(size)
             x = {"width": cfg.lm.d_model, "depth": cfg.lm.n_layers}.get(family)
             # what a family holds fixed: a width family's depth, a depth family's width

@@ -41,7 +41,7 @@ from mm1model.config import ConfigError, replace
 from mm1model.data import DataConfig, PackedStream
 from mm1model.model import MM1, MM1Config
 from mm1model.paper import ADAM_BETAS, ADAM_EPS, COORD_CHECK_THRESHOLD
-from mm1model.parametrization import PARAMETRIZATIONS, param_groups, set_group_lrs
+from mm1model.parametrization import PARAMETRIZATIONS, init_parametrized, param_groups, parametrize, set_group_lrs
 from mm1model.sizes import get_size
 from scaling.fit import fit_line
 from scaling.plots import pyplot, write_figure
@@ -194,7 +194,7 @@ def _activations(model: MM1, axis: str, batches: list[dict[str, Any]], lr: float
 
 def _seeded(config: MM1Config, seed: int) -> MM1:
     torch.manual_seed(seed)
-    return MM1(config)
+    return init_parametrized(MM1(config))  # SP's init, then the parametrization's, as the trainer does
 
 
 @torch.no_grad()
@@ -233,7 +233,8 @@ def coord_check(config: CoordCheckConfig) -> CoordCheckResult:
     axis, x = _axis(plain)
     order = np.argsort(x)
     base = base or config.sizes[int(order[0])]
-    models = [replace(p, parametrization=config.parametrization, base_size=base, alpha=config.alpha) for p in plain]
+    models = [parametrize(replace(p, parametrization=config.parametrization, base_size=base, alpha=config.alpha))
+              for p in plain]
     batches = _batches(config, models[0])
     activation_rows, per_size = [], []
     reference = [_seeded(models[int(order[0])], seed) for seed in range(config.seeds)]

@@ -12,7 +12,7 @@ The recipe's optimizer settings reach the trainer as one typed value, :meth:`Rec
 (a :class:`mm1model.train_config.OptimizerConfig`), passed through unchanged by ``scaling launch``.
 
 The peak LR comes from a law (:class:`scaling.fit.FitResult`): origin "fit" for a law fitted by
-``scaling fit``, "paper" for MM1's own law (``scaling.reference.mm1_law``). A value set through
+``scaling fit``, "paper" for MM1's own law (``scaling.law.mm1_law``). A value set through
 ``overrides`` has origin "user". Values derived from others (min LR, weight decay, decay steps,
 token counts) follow the origin of what they were derived from unless overridden themselves.
 """
@@ -124,7 +124,7 @@ def recipe_for(size_or_params: str | float | int, law: FitResult | None = None,
                overrides: dict[str, Any] | None = None) -> Recipe:
     """The MM1 recipe for a target: a size name (``30B``) or a raw N (``3e10``).
 
-    ``law`` gives the peak LR (None: MM1's law, ``scaling.reference.mm1_law()``). Its
+    ``law`` gives the peak LR (None: MM1's law, ``scaling.law.mm1_law()``). Its
     ``n_convention`` decides how a size name is counted. A law with a ln_tokens term is
     evaluated at the recipe's total tokens (steps x batch_size x seq_len). ``overrides`` maps
     any of :data:`OVERRIDABLE` to a value (origin "user"); an unknown key is a ConfigError
