@@ -7,10 +7,13 @@ A cell directory is the trainer's run directory (``config.json``, ``metrics.json
 * ``attempts.json``: one entry per trainer start (host, pid, job id, outcome, error), so retries
   and restarts are counted from disk, not from a scheduler's memory.
 * ``lock``: present while a process runs the cell; holds the owner's host, pid and job id. Only
-  one process runs a cell at a time; a lock whose owner is dead is stale and is taken over.
+  one process runs a cell at a time; a lock whose owner is dead is stale and is taken over
+  (:func:`try_lock`, :func:`release_lock`; the sweep driver locks its directory the same way).
 
-:class:`CellJob` is the submitit callable. It is :class:`submitit.helpers.Checkpointable`, so a
-SLURM timeout or preemption requeues it and the trainer resumes from its last checkpoint.
+:class:`CellJob` is the submitit callable, run through :mod:`scaling.executors`. It is
+:class:`submitit.helpers.Checkpointable`, so a SLURM timeout or preemption requeues it and the
+trainer resumes from its last checkpoint. A cell of several tasks (one per GPU) joins the
+rendezvous of :func:`scaling.executors.export_distributed_environment`, as a launch does.
 """
 from __future__ import annotations
 
@@ -26,6 +29,11 @@ from typing import Any
 import submitit
 
 from mm1model import records
+from mm1model.checkpoint import checkpoint_paths
+from mm1model.config import from_dict
+from mm1model.train import train
+from mm1model.train_config import TrainConfig
+from scaling.executors import export_distributed_environment, job_environment
 
 FINAL = ("ok", "diverged")
 # A lock written on another host cannot be checked by pid; its owner touches it this often, and
@@ -82,8 +90,6 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 def has_checkpoint(path: Path) -> bool:
     """Whether the trainer would resume this cell (a temporary file of a torn write does not count)."""
-    from mm1model.checkpoint import checkpoint_paths
-
     return bool(checkpoint_paths(Path(path)))
 
 
@@ -113,7 +119,10 @@ def lock_owner(path: Path) -> dict[str, Any] | None:
     return owner if time.time() - mtime < STALE_LOCK_S else None
 
 
-def _try_lock(path: Path, owner: dict[str, Any]) -> bool:
+def try_lock(path: Path, owner: dict[str, Any]) -> bool:
+    """Take the lock of ``path`` (a cell, or a sweep directory) for ``owner`` (host, pid, job id,
+    since); False when a live process holds it. A stale lock is taken over; of two processes
+    racing for one, exactly one wins."""
     lock = Path(path) / "lock"
     for _ in range(2):
         try:
@@ -137,7 +146,8 @@ def _try_lock(path: Path, owner: dict[str, Any]) -> bool:
     return False
 
 
-def _release_lock(path: Path) -> None:
+def release_lock(path: Path) -> None:
+    """Remove the lock of ``path`` if this process holds it (another owner's lock is left alone)."""
     lock = Path(path) / "lock"
     try:
         owner = records.read_json(lock)
@@ -145,15 +155,6 @@ def _release_lock(path: Path) -> None:
         return
     if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
         lock.unlink(missing_ok=True)
-
-
-def _job_env() -> "submitit.JobEnvironment | None":
-    try:
-        env = submitit.JobEnvironment()
-        env.job_id  # raises outside a job
-        return env
-    except RuntimeError:  # not inside a submitit job (debug executor, tests)
-        return None
 
 
 # ------------------------------------------------------------------------------------ state
@@ -200,15 +201,15 @@ class CellJob(submitit.helpers.Checkpointable):
         result = read_result(path)
         if result is not None and result.get("status") in FINAL:
             return {"status": result["status"], "path": str(path)}
-        env = _job_env()
+        env = job_environment()
         if env is not None and env.num_tasks > 1:
             # one process per GPU: all ranks train, rank 0 alone keeps the cell's books
-            submitit.helpers.TorchDistributedEnvironment().export()
+            export_distributed_environment()
             if env.global_rank != 0:
                 return self._train(path, records.read_json(path / "cell.json"))
         owner = {"host": socket.gethostname(), "pid": os.getpid(),
                  "job_id": str(env.job_id) if env is not None else None, "since": time.time()}
-        if not _try_lock(path, owner):
+        if not try_lock(path, owner):
             return {"status": "busy", "path": str(path)}
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(path / "lock", stop), daemon=True)
@@ -217,7 +218,7 @@ class CellJob(submitit.helpers.Checkpointable):
             return self._run_locked(path, owner)
         finally:
             stop.set()
-            _release_lock(path)
+            release_lock(path)
 
     def _run_locked(self, path: Path, owner: dict[str, Any]) -> dict[str, Any]:
         # re-read under the lock: the previous holder may have finished between our checks
@@ -231,7 +232,8 @@ class CellJob(submitit.helpers.Checkpointable):
                          "resumed": has_checkpoint(path), "outcome": None})
         records.write_json(path / "attempts.json", attempts)
         threads = int(cell["train"].get("threads", 1) or 1)
-        # before torch is imported in this process: intra-op pools sized to our share of cores
+        # for thread pools that start later (OpenMP's, the trainer's subprocesses): our share of
+        # cores; the trainer sizes torch's intra-op pool itself (TrainConfig.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         start = time.time()
         try:
@@ -247,9 +249,6 @@ class CellJob(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _train(path: Path, cell: dict[str, Any]) -> dict[str, Any]:
-        from mm1model.config import from_dict
-        from mm1model.train import TrainConfig, train
-
         outcome = train(from_dict(TrainConfig, {**cell["train"], "run_dir": str(path)}))
         return {"status": outcome.status, "path": str(path)}
 
@@ -264,7 +263,7 @@ class CellJob(submitit.helpers.Checkpointable):
         if attempts and attempts[-1].get("outcome") is None and attempts[-1].get("pid") == os.getpid():
             attempts[-1].update(outcome="preempted", finished_at=time.time())
             records.write_json(path / "attempts.json", attempts)
-        _release_lock(path)
+        release_lock(path)
         return submitit.helpers.DelayedSubmission(self, cell_dir)
 
 

@@ -2,8 +2,10 @@
 
 :func:`prepare_launch` resolves everything and writes nothing: the recipe (peak LR from a fitted
 law or MM1's, every value with its origin), the :class:`scaling.plan.Plan`, and the
-:class:`mm1model.train.TrainConfig` that will run. :func:`launch` refuses a plan that does not
-fit, then writes the launch directory and submits:
+:class:`mm1model.train.TrainConfig` that will run; :meth:`Prepared.describe` is what the command
+prints of it. :func:`launch` refuses a plan that does not fit, then writes the launch directory
+and submits through :mod:`scaling.executors`; :func:`run_launch` is the whole command (describe,
+refuse or submit, optionally wait). The launch directory:
 
 * ``plan.json``: the recipe (with origins) and the plan; ``config.json``: the TrainConfig;
 * ``jobs.json``: one entry per submission (job id, executor, time, submitit folder);
@@ -12,9 +14,9 @@ fit, then writes the launch directory and submits:
   asks the scheduler;
 * ``run/``: the trainer's run directory; ``submitit/``: submitit's logs and pickles.
 
-One job of ``nodes x gpus_per_node`` tasks, one per GPU: each task exports the rendezvous of
-``submitit.helpers.TorchDistributedEnvironment`` (MASTER_ADDR/PORT, RANK, WORLD_SIZE,
-LOCAL_RANK) and calls :func:`mm1model.train.train`, which joins the process group (nccl on
+One job of ``nodes x gpus_per_node`` tasks, one per GPU: each task exports its rendezvous
+(:func:`scaling.executors.export_distributed_environment`: MASTER_ADDR/PORT, RANK, WORLD_SIZE,
+LOCAL_RANK, every GPU of the node left visible) and calls :func:`mm1model.train.train`, which joins the process group (nccl on
 GPUs, gloo on CPUs) and applies FSDP2. :class:`TrainJob` is ``Checkpointable``: on a timeout or
 preemption signal the trainer checkpoints at the next step boundary, hands the signal to
 submitit, which requeues the job; the requeued job resumes from that checkpoint.
@@ -25,18 +27,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import submitit
 
 from mm1model import records
 from mm1model.config import ConfigError, from_dict, to_dict
-from scaling.plan import Plan, PlanConfig, make_plan
+from mm1model.data import DataConfig
+from mm1model.sizes import get_size
+from mm1model.train import TrainConfig, load_config, train
+from scaling.executors import check_slurm, export_distributed_environment, make_executor
+from scaling.fit import FitResult
+from scaling.plan import Plan, PlanConfig, format_plan, make_plan
+from scaling.recipe import Recipe, recipe_for
+from scaling.reference import mm1_law
 
+# A launch's tasks are processes of their own (one per GPU): never the in-process debug executor.
 EXECUTORS = ("slurm", "local")
 REFERENCES = ("mm1",)
 # TrainConfig fields a launch may set beyond the recipe (how often to evaluate, where the data is, ...).
@@ -52,9 +61,9 @@ class Prepared:
 
     out: Path
     executor: str
-    recipe: Any  # scaling.recipe.Recipe
+    recipe: Recipe
     plan: Plan
-    train: Any  # mm1model.train.TrainConfig
+    train: TrainConfig
 
     def summary(self) -> dict[str, Any]:
         """The dry-run JSON: the issue's keys first, then the recipe's origins and the whole plan."""
@@ -72,14 +81,39 @@ class Prepared:
             "recipe": r.to_dict(), "plan": p.to_dict(),
         }
 
+    def describe(self, as_json: bool = False) -> str:
+        """What ``scaling launch`` prints before it submits: the recipe with each value's origin and
+        the plan (a refused plan says REFUSED), or ``as_json`` the dry-run JSON of :meth:`summary`."""
+        if as_json:
+            return records.dumps(self.summary())
+        return describe_recipe(self.recipe) + "\n" + format_plan(self.plan)
+
+    def check_fits(self) -> None:
+        """ConfigError with the plan's refusal (and the smallest shape that fits) unless it fits."""
+        if not self.plan.fits:
+            raise ConfigError(self.plan.refusal)
+
+
+def describe_recipe(r: Recipe) -> str:
+    """The recipe in four lines, each value tagged with its origin (fit, paper, user)."""
+    o = r.origins
+    pi = f" (95% PI {r.peak_lr_pi95[0]:.2e}-{r.peak_lr_pi95[1]:.2e})" if r.peak_lr_pi95 else ""
+    rows = [
+        f"recipe     {r.size}: peak LR {r.peak_lr:.3g} [{o['peak_lr']}]{pi} at N = {r.params:,.0f} ({r.n_convention})",
+        f"schedule   warmup {r.warmup_steps:,} [{o['warmup_steps']}], cosine to min LR {r.min_lr:.3g} "
+        f"[{o['min_lr']}] over {r.decay_steps:,} steps [{o['decay_steps']}], {r.steps:,} steps [{o['steps']}]",
+        f"optimizer  AdamW, decoupled weight decay {r.weight_decay:.3g} [{o['weight_decay']}], grad clip "
+        f"{r.grad_clip:g} [{o['grad_clip']}], z-loss {r.z_loss:g} [{o['z_loss']}]",
+        f"data       batch {r.batch_size} [{o['batch_size']}] x {r.seq_len} tokens [{o['seq_len']}], "
+        f"up to {r.max_images} images [{o['max_images']}] per sequence",
+    ]
+    return "\n".join(rows)
+
 
 def load_law(fit: str | Path | None, reference: str | None, size: str, n_convention: str = "non_embedding"):
     """The LR law: a ``scaling fit`` result, or MM1's published law counted with ``n_convention``.
     Exactly one must be given; a fit made with another N convention is refused, because the law
     would be evaluated at an N it was not fitted on."""
-    from scaling.fit import FitResult
-    from scaling.reference import mm1_law
-
     if fit is not None and reference is not None:
         raise ConfigError("give either --fit FIT.json or --reference mm1, not both")
     if fit is None and reference is None:
@@ -107,11 +141,6 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     ``{"corpus": DIR}``). ``n_convention``: how N is counted (non_embedding, the project's
     default, or total); a fit made with the other one is refused.
     """
-    from mm1model.data import DataConfig
-    from mm1model.sizes import get_size
-    from mm1model.train import TrainConfig
-    from scaling.recipe import recipe_for
-
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
     get_size(size)
@@ -154,38 +183,23 @@ class TrainJob(submitit.helpers.Checkpointable):
     directory resumes from the newest checkpoint the trainer wrote when it got the signal."""
 
     def __call__(self, config_path: str) -> dict[str, Any]:
-        from mm1model.train import load_config, train
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        export_distributed_environment()
         result = train(load_config(config_path))
         return dataclasses.asdict(result)
 
 
-def check_slurm() -> None:
-    """ConfigError unless a SLURM controller answers (suggesting --dry-run or --executor local)."""
-    hint = "use --dry-run to see the plan, or --executor local to run here"
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        raise ConfigError(f"--executor slurm: no SLURM on this machine (sbatch/sinfo not on PATH); {hint}")
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"--executor slurm: sinfo does not answer (is slurmctld running?); {hint}") from None
-    if out.returncode != 0 or "up" not in out.stdout.split():
-        detail = (out.stderr.strip().splitlines() or ["no partition is up"])[-1]
-        raise ConfigError(f"--executor slurm: no SLURM cluster answers ({detail}); {hint}")
-
-
-def make_executor(prepared: Prepared):
-    """The submitit executor of a prepared launch (SLURM parameters exactly as planned)."""
+def launch_executor(prepared: Prepared):
+    """The submitit executor of a prepared launch: SLURM parameters exactly as planned, or the
+    same tasks as local processes (each sees the GPUs the plan counts, when it trains on GPUs)."""
     folder = prepared.out / "submitit"
+    plan = prepared.plan
     if prepared.executor == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(tasks_per_node=prepared.plan.gpus_per_node, nodes=1,
-                                   timeout_min=prepared.plan.slurm["time"], signal_delay_s=10)
-        return executor
-    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=100)
-    executor.update_parameters(**prepared.plan.slurm)
-    return executor
+        parameters = {"tasks_per_node": plan.gpus_per_node, "nodes": 1, "timeout_min": plan.slurm["time"],
+                      "signal_delay_s": 10}
+        if plan.device == "cuda":  # submitit.LocalExecutor hides every GPU unless it is told how many
+            parameters["gpus_per_node"] = plan.gpus_per_node
+        return make_executor("local", folder, parameters)
+    return make_executor("slurm", folder, plan.slurm, max_num_timeout=100)
 
 
 def launch(prepared: Prepared, resubmit: bool = False) -> submitit.Job:
@@ -195,8 +209,7 @@ def launch(prepared: Prepared, resubmit: bool = False) -> submitit.Job:
     A directory whose last job is still submitted or running is refused unless ``resubmit``
     (after that job died without a result): the new job resumes from its checkpoint."""
     plan = prepared.plan
-    if not plan.fits:
-        raise ConfigError(plan.refusal)
+    prepared.check_fits()
     if prepared.executor == "slurm":
         check_slurm()
     out = prepared.out
@@ -213,7 +226,7 @@ def launch(prepared: Prepared, resubmit: bool = False) -> submitit.Job:
                                            "executor": prepared.executor})
     records.write_json(out / "config.json", config)
     try:
-        job = make_executor(prepared).submit(TrainJob(), str((out / "config.json").resolve()))
+        job = launch_executor(prepared).submit(TrainJob(), str((out / "config.json").resolve()))
     except Exception:
         if fresh:  # nothing was submitted: leave no launch directory behind
             shutil.rmtree(out, ignore_errors=True)
@@ -266,3 +279,42 @@ def format_status(status: dict[str, Any]) -> str:
     loss = "" if status["loss"] is None or not math.isfinite(status["loss"]) else f", loss {status['loss']:.4f}"
     final = "" if status["final_val_loss"] is None else f", final val loss {status['final_val_loss']:.4f}"
     return f"{status['state']}: job {status['job_id']}, step {status['step']}/{status['steps']}{loss}{final}"
+
+
+# ---------------------------------------------------------------------------------------- the command
+@dataclass
+class LaunchResult:
+    """What ``scaling launch`` did: the resolved launch, its job (None for a dry run) and, when
+    it waited for the job, the launch's status at the end."""
+
+    prepared: Prepared
+    job: submitit.Job | None = None
+    status: dict[str, Any] | None = None
+
+    def summary(self) -> str:
+        """The launch's final state when it was waited for, else "" (the plan and the submission
+        are reported as they happen)."""
+        return format_status(self.status) if self.status is not None else ""
+
+
+def run_launch(size: str, *, fit: str | Path | None = None, reference: str | None = None,
+               n_convention: str = "non_embedding", recipe: dict[str, Any] | None = None,
+               plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None, executor: str = "slurm",
+               out: str | Path | None = None, dry_run: bool = False, as_json: bool = False, resubmit: bool = False,
+               wait: bool = False, echo: Callable[[str], None] = print) -> LaunchResult:
+    """``scaling launch``: resolve (:func:`prepare_launch`, same arguments), show the recipe and
+    plan through ``echo``, then refuse a plan that does not fit (a dry run too) or submit
+    (:func:`launch`) and, with ``wait``, wait for every task."""
+    prepared = prepare_launch(size, fit=fit, reference=reference, n_convention=n_convention, recipe=recipe,
+                              plan=plan, train=train, executor=executor, out=out)
+    echo(prepared.describe(as_json))  # before any refusal: it says what does not fit
+    if dry_run:
+        prepared.check_fits()
+        return LaunchResult(prepared)
+    job = launch(prepared, resubmit=resubmit)
+    echo(f"submitted job {job.job_id} ({executor}); records in {prepared.out}; "
+         f"follow with `scaling status {prepared.out}`")
+    if not wait:
+        return LaunchResult(prepared, job)
+    job.results()
+    return LaunchResult(prepared, job, launch_status(prepared.out))

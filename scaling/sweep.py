@@ -1,7 +1,12 @@
-"""Learning-rate grid sweeps: one trainer run per (size, lr, seed) cell, through submitit.
+"""Running learning-rate grid sweeps: one trainer run per (size, lr, seed) cell, through submitit.
 
-A sweep is described by a :class:`SweepConfig` (a TOML file in ``sweeps/`` plus CLI flags) and
-lives in one directory::
+The layout: :mod:`scaling.sweep_plan` turns a sweep file and flags into a validated plan
+(writes nothing); this module drives a plan (:func:`run_sweep`, :func:`run_sweeps` for the
+``scaling sweep`` command) and reads its directory back (:func:`run_status`,
+:func:`run_collect`); :mod:`scaling.cells` runs and records one cell; :mod:`scaling.executors`
+says where jobs run (local processes, SLURM job arrays, in-process for debugging).
+
+A sweep lives in one directory::
 
     DIR/sweep.json                      resolved config, grid per size, edge extensions
     DIR/<size>/lr=3.16e-04_seed=0/      one cell = one trainer run dir (see scaling.cells)
@@ -14,10 +19,6 @@ the cell's ``attempts.json``). Killing the sweep process (even ``kill -9``)
 loses nothing: jobs already started keep running and own their cell's lock; the rerun waits
 for them instead of starting the cell twice. Ctrl-C stops only the driver in the same way:
 cells already running finish, and the next run picks up the rest.
-
-Default grid: ``points`` log-spaced LRs per size, centred on MM1's law
-``eta(N) = exp(-0.4214 ln N - 0.5535)`` times ``center_factor`` and spanning ``+/- span``
-decades, where N is the language model's non-embedding parameter count.
 """
 from __future__ import annotations
 
@@ -25,361 +26,23 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
+
 from mm1model import records
-from mm1model.counting import flops_per_token, param_counts
-from mm1model.paper import mm1_peak_lr
-from mm1model.sizes import get_size
-from mm1model.train_config import TrainConfig, model_config
-from mm1model.config import ConfigError, from_dict, to_dict
+from mm1model.config import ConfigError, to_dict
 from scaling import cells
-from scaling.runs import SizeStatus, rank_key, sweep_status
-
-EXECUTORS = ("local", "slurm", "debug")
-# Train settings a sweep fills in per cell; setting them in [train] would be ambiguous.
-_CELL_KEYS = ("size", "seed", "run_dir")
-
-
-def round_lr(lr: float) -> float:
-    """LRs are kept to 3 significant digits so a cell's name and its value agree exactly."""
-    return float(f"{lr:.2e}")
-
-
-@dataclasses.dataclass
-class SlurmConfig:
-    """Resources of one SLURM job (= one cell). ``mem_gb`` None: the cluster's default."""
-
-    partition: str | None = None
-    nodes: int = 1
-    tasks_per_node: int = 1  # processes per node; > 1 runs the trainer distributed (one per GPU)
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: float | None = None
-    timeout_min: int = 60
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    setup: tuple[str, ...] = ()  # shell lines run before each job (module load, source a venv)
-
-
-@dataclasses.dataclass
-class SweepConfig:
-    """A learning-rate sweep. LRs are peak LRs; ``span`` is in decades (log10) each side.
-
-    Grid per size, first that applies: ``lrs_by_size[size]``, ``lrs`` (the same for every
-    size), else ``points`` log-spaced LRs centred on ``center_factor * mm1_lr(N)``. Seeds per
-    (size, lr): ``seeds_by_size[size]``, else ``seeds`` (more seeds where the seed spread is
-    needed, e.g. a held-out size, without paying for them at every size).
-    Budget: ``steps`` or ``tokens`` (tokens -> steps = ceil(tokens / (batch_size * seq_len))),
-    else the trainer's default steps. Warmup is ``warmup_fraction`` of the steps and the cosine
-    decays over all steps, unless ``train.optimizer`` sets ``warmup_steps``/``decay_steps``.
-    ``train`` holds any other ``TrainConfig`` keys (batch_size, data.seq_len, optimizer.betas, ...);
-    the peak LR (``optimizer.lr``) is each cell's own.
-    """
-
-    sizes: tuple[str, ...] = ()
-    points: int = 7
-    span: float = 1.0
-    lrs: tuple[float, ...] = ()
-    lrs_by_size: dict[str, Any] = dataclasses.field(default_factory=dict)
-    center_factor: float = 1.0
-    seeds: int = 1
-    seeds_by_size: dict[str, int] = dataclasses.field(default_factory=dict)
-    steps: int | None = None
-    tokens: int | None = None
-    warmup_fraction: float = 0.1
-    max_retries: int = 2
-    max_extend: int = 3
-    executor: str = "local"
-    max_parallel: int | None = None
-    out: str | None = None
-    name: str | None = None
-    train: dict[str, Any] = dataclasses.field(default_factory=dict)
-    slurm: SlurmConfig = dataclasses.field(default_factory=SlurmConfig)
-
-
-def _read_sweep_file(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no sweep file {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"malformed TOML in {path}: {err}") from None
-    data.setdefault("name", path.stem)
-    return data
-
-
-def sweep_arms(path: str | Path) -> tuple[str, ...]:
-    """The arms a sweep file runs by default: its ``default_arms``, else every ``[arms.NAME]``
-    table in file order; () for a plain sweep file.
-
-    An arm is one sweep of a comparison (e.g. ``sweeps/transfer.toml``: SP and muP over widths,
-    SP and CompleteP over depths): the file's top level is what the arms share, each arm's
-    table adds or replaces keys (``train`` and ``train.model`` merge key by key), and arm NAME
-    of a sweep whose directory is OUT runs in OUT/NAME."""
-    data = _read_sweep_file(Path(path))
-    arms = tuple(data.get("arms") or ())
-    default = tuple(data.get("default_arms") or arms)
-    unknown = [a for a in default if a not in arms]
-    if unknown:
-        raise ConfigError(f"default_arms names no arm of {path}: {', '.join(unknown)}")
-    return default
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load_sweep_config(path: str | Path | None = None, *, arm: str | None = None,
-                      model: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
-    """A SweepConfig from a TOML file (optional) with ``overrides`` (flags) on top.
-
-    Overrides that are None are ignored, so a CLI can pass every flag through. ``model`` entries
-    (e.g. ``parametrization``, ``base_size``, ``alpha``) are merged into ``train.model``, the
-    trainer's overrides of every size's model config. A file with arms (see :func:`sweep_arms`)
-    needs ``arm``; the flags then apply on top of that arm.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        data = _read_sweep_file(path)
-        arms = data.pop("arms", None) or {}
-        data.pop("default_arms", None)
-        if arm is None and arms:
-            raise ConfigError(f"{path} holds arms ({', '.join(arms)}): pick one")
-        if arm is not None:
-            if arm not in arms:
-                raise ConfigError(f"no arm {arm!r} in {path}; arms: {', '.join(arms) or 'none'}")
-            data = _merge(data, arms[arm])
-            data["name"] = f"{data['name']}-{arm}"
-            out = overrides.pop("out", None) or data.get("out") or str(Path("runs") / path.stem)
-            overrides["out"] = str(Path(out) / arm)
-    elif arm is not None:
-        raise ConfigError(f"arm {arm!r} needs a sweep file")
-    given = {key: value for key, value in overrides.items() if value is not None}
-    # a budget flag replaces the file's budget, whichever of steps/tokens the file used
-    if ("steps" in given) != ("tokens" in given):
-        data.pop("tokens" if "steps" in given else "steps", None)
-    # a grid flag replaces the file's grid: explicit LRs beat per-size ones, points/span beat both
-    if "lrs" in given:
-        data.pop("lrs_by_size", None)
-    elif "points" in given or "span" in given:
-        data.pop("lrs_by_size", None)
-        data.pop("lrs", None)
-    data.update(given)
-    model = {key: value for key, value in (model or {}).items() if value is not None}
-    if model:
-        train = dict(data.get("train") or {})
-        train["model"] = {**(train.get("model") or {}), **model}
-        data["train"] = train
-    config = from_dict(SweepConfig, data, where=str(path) if path else "sweep")
-    config.lrs_by_size = {k: tuple(v) for k, v in config.lrs_by_size.items()}
-    return config
-
-
-# ------------------------------------------------------------------------------------ planning
-@dataclasses.dataclass(frozen=True)
-class SizePlan:
-    """One size of a sweep: N, MM1's LR for it, the grid and the per-cell budget."""
-
-    size: str
-    params: int
-    mm1_lr: float
-    lrs: tuple[float, ...]
-    seeds: int
-    steps: int
-    tokens: int
-    batch_size: int
-    seq_len: int
-    flops: float | None  # training FLOPs of one cell (text tokens only; images excluded)
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepPlan:
-    """A validated sweep: where it goes, what each cell runs, how jobs are launched."""
-
-    config: SweepConfig
-    out: Path
-    sizes: tuple[SizePlan, ...]
-    train: dict[str, Any]  # the TrainConfig dict shared by every cell, minus size/lr/seed
-    max_parallel: int
-
-    @property
-    def n_cells(self) -> int:
-        return sum(len(s.lrs) * s.seeds for s in self.sizes)
-
-    def cell_train(self, size: str, lr: float, seed: int) -> dict[str, Any]:
-        return cell_train(self.train, size, lr, seed)
-
-
-def cell_train(train: dict[str, Any], size: str, lr: float, seed: int) -> dict[str, Any]:
-    """The TrainConfig dict of one cell: the sweep's shared ``train`` with the cell's size, peak LR and seed."""
-    return {**train, "size": size, "seed": seed, "optimizer": {**train.get("optimizer", {}), "lr": lr}}
-
-
-def _grid(config: SweepConfig, size: str, params: int) -> tuple[float, ...]:
-    if size in config.lrs_by_size:
-        lrs = config.lrs_by_size[size]
-    elif config.lrs:
-        lrs = config.lrs
-    else:
-        if config.points < 1:
-            raise ConfigError(f"empty grid: points must be >= 1, got {config.points}")
-        if config.span < 0:
-            raise ConfigError(f"span must be >= 0 decades, got {config.span}")
-        center = math.log10(config.center_factor * mm1_peak_lr(params))
-        if config.points == 1:
-            lrs = (10 ** center,)
-        else:
-            step = 2 * config.span / (config.points - 1)
-            lrs = tuple(10 ** (center - config.span + i * step) for i in range(config.points))
-    for lr in lrs:
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"learning rates must be positive and finite, got {lr} for {size}")
-    grid = tuple(sorted({round_lr(lr) for lr in lrs}))
-    if not grid:
-        raise ConfigError(f"empty grid for {size}: give --lrs or --points >= 1")
-    return grid
-
-
-def _check_slurm() -> None:
-    """Raise ConfigError unless a SLURM controller answers."""
-    if shutil.which("sbatch") is None:
-        raise ConfigError("--executor slurm: no SLURM here (sbatch not on PATH); "
-                          "start one with scripts/slurm-start.sh or use --executor local")
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=20)
-    except (subprocess.TimeoutExpired, FileNotFoundError):
-        raise ConfigError("--executor slurm: sinfo does not answer; is slurmctld running?") from None
-    if out.returncode != 0 or "up" not in out.stdout.split():
-        detail = (out.stderr.strip().splitlines() or ["no partition is up"])[-1]
-        raise ConfigError(f"--executor slurm: no SLURM cluster answers ({detail})")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def plan_sweep(config: SweepConfig) -> SweepPlan:
-    """Validate a config and resolve it into a plan. Writes nothing; raises ConfigError."""
-    if not config.sizes:
-        raise ConfigError("no sizes: give --sizes (e.g. --sizes 100K,300K) or sizes in the sweep file")
-    if config.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {config.executor!r}; valid: {', '.join(EXECUTORS)}")
-    for size, seeds in {"": config.seeds, **config.seeds_by_size}.items():
-        if not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(f"seeds{'_by_size.' + size if size else ''} must be an integer >= 1, got {seeds!r}")
-    if config.steps is not None and config.tokens is not None:
-        raise ConfigError("give steps or tokens, not both")
-    for key in ("steps", "tokens"):
-        value = getattr(config, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    if not 0 <= config.warmup_fraction < 1:
-        raise ConfigError(f"warmup_fraction must be in [0, 1), got {config.warmup_fraction}")
-    if config.max_retries < 0 or config.max_extend < 0:
-        raise ConfigError("max_retries and max_extend must be >= 0")
-    bad = sorted(set(config.train) & set(_CELL_KEYS))
-    if "lr" in (config.train.get("optimizer") or {}):
-        bad.append("optimizer.lr")
-    if bad:
-        raise ConfigError(f"[train] may not set {', '.join(bad)}: the sweep sets them per cell")
-    for key in ("lrs_by_size", "seeds_by_size"):
-        unknown_sizes = sorted(set(getattr(config, key)) - set(config.sizes))
-        if unknown_sizes:
-            raise ConfigError(f"{key} names sizes not in the sweep: {', '.join(unknown_sizes)}")
-    models = {size: get_size(size) for size in config.sizes}  # unknown size -> ConfigError
-
-    train = dict(config.train)
-    train.setdefault("threads", 1)
-    probe = from_dict(TrainConfig, {**train, "size": config.sizes[0]}, where="[train]")
-    batch_size, seq_len = probe.batch_size, probe.data.seq_len
-    if config.tokens is not None:
-        steps = math.ceil(config.tokens / (batch_size * seq_len))
-    else:
-        steps = config.steps if config.steps is not None else probe.steps
-    train["steps"] = steps
-    optimizer = dict(train.get("optimizer") or {})
-    optimizer.setdefault("warmup_steps", int(round(config.warmup_fraction * steps)))
-    optimizer.setdefault("decay_steps", steps)
-    train["optimizer"] = optimizer
-    train = to_dict(from_dict(TrainConfig, {**train, "size": config.sizes[0]}, where="[train]"))
-    for key in _CELL_KEYS:
-        train.pop(key, None)
-    train["optimizer"].pop("lr")
-
-    cores = _cores()
-    threads = int(train.get("threads") or 1)
-    if config.executor == "debug":
-        max_parallel = 1
-    elif config.executor == "local":
-        fits = max(1, cores // threads)
-        max_parallel = config.max_parallel or fits
-        if max_parallel > fits:
-            raise ConfigError(f"--max-parallel {max_parallel} x {threads} thread(s) exceeds the "
-                              f"{cores} cores here; use at most {fits}")
-    else:
-        max_parallel = config.max_parallel or 16
-    if max_parallel < 1:
-        raise ConfigError(f"--max-parallel must be >= 1, got {max_parallel}")
-
-    # each size's model as the trainer will build it ([train.model] overrides included), so a
-    # bad override fails here, before any job starts, and N counts what is trained
-    models = {size: model_config(from_dict(TrainConfig, {**train, "size": size}, where="[train]"))
-              for size in models}
-    tokens = steps * batch_size * seq_len
-    plans = []
-    for size, model in models.items():
-        params = param_counts(model).params
-        flops = flops_per_token(model, seq_len) * tokens
-        plans.append(SizePlan(size=size, params=params, mm1_lr=mm1_peak_lr(params),
-                              lrs=_grid(config, size, params), seeds=config.seeds_by_size.get(size, config.seeds),
-                              steps=steps, tokens=tokens,
-                              batch_size=batch_size, seq_len=seq_len, flops=flops))
-    name = config.name or "sweep-" + "_".join(config.sizes)
-    out = Path(config.out) if config.out else Path("runs") / name
-    return SweepPlan(config=config, out=out, sizes=tuple(plans), train=train, max_parallel=max_parallel)
-
-
-def describe_plan(plan: SweepPlan) -> str:
-    """What `--dry-run` prints: cells, their LRs and the resources of each job."""
-    c = plan.config
-    lines = [f"sweep -> {plan.out}  ({plan.n_cells} cells, executor {c.executor}, "
-             f"at most {plan.max_parallel} at once)"]
-    first = plan.sizes[0]
-    lines.append(f"budget per cell: {first.steps} steps x {first.batch_size} seqs x {first.seq_len} "
-                 f"tokens = {first.tokens:.3g} tokens, warmup {plan.train['optimizer']['warmup_steps']} steps")
-    if c.executor == "slurm":
-        s = c.slurm
-        lines.append(f"resources per job: {s.nodes} node(s) x {s.tasks_per_node} task(s), {s.gpus_per_node} GPU(s)/node, "
-                     f"{s.cpus_per_task} CPU(s), mem {s.mem_gb or 'default'} GB, "
-                     f"time limit {s.timeout_min} min, partition {s.partition or 'default'}")
-    else:
-        lines.append(f"resources per job: 1 process, {plan.train.get('threads')} thread(s)")
-    for sp in plan.sizes:
-        flops = f", {sp.flops:.3g} FLOPs/cell" if sp.flops else ""
-        lines.append(f"{sp.size:>6}: N={sp.params:.4g}, MM1 eta(N)={sp.mm1_lr:.2e}, "
-                     f"{len(sp.lrs)} LRs x {sp.seeds} seed(s){flops}")
-        lines.append("        lr: " + " ".join(f"{lr:.2e}" for lr in sp.lrs))
-    for sp in plan.sizes:
-        for lr in sp.lrs:
-            for seed in range(sp.seeds):
-                lines.append(f"  cell {sp.size}/{cells.cell_name(lr, seed)}")
-    return "\n".join(lines)
+from scaling.executors import check_slurm, make_executor
+from scaling.launch import format_status as format_launch_status, launch_status
+from scaling.runs import SizeStatus, collect_runs, format_status, rank_key, sweep_status, write_runs
+from scaling.sweep_plan import (SweepConfig, SweepPlan, cell_train, describe_plan, executor_parameters,
+                                load_sweep_config, plan_sweep, round_lr, sweep_arms)
 
 
 # ------------------------------------------------------------------------------------ sweep dir
@@ -394,7 +57,7 @@ def _meta_train_key(train: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train.items() if k not in ("threads",)}
 
 
-def _prepare_dir(plan: SweepPlan) -> dict[str, Any]:
+def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
     """Create or update DIR/sweep.json and the cell directories; return sweep.json's content."""
     path = plan.out / "sweep.json"
     meta = records.read_json(path) if path.exists() else None
@@ -423,45 +86,6 @@ def _prepare_dir(plan: SweepPlan) -> dict[str, Any]:
     return meta
 
 
-# ------------------------------------------------------------------------------------ executors
-class _DoneJob:
-    """A job run to completion in-process (debug executor)."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def done(self) -> bool:
-        return True
-
-
-def _make_executor(plan: SweepPlan):
-    import submitit
-
-    folder = plan.out / ".submitit" / plan.config.executor
-    if plan.config.executor == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=7 * 24 * 60)
-        return executor
-    if plan.config.executor == "slurm":
-        s = plan.config.slurm
-        executor = submitit.SlurmExecutor(folder=folder / "%j")
-        params: dict[str, Any] = dict(nodes=s.nodes, ntasks_per_node=s.tasks_per_node, cpus_per_task=s.cpus_per_task,
-                                      time=s.timeout_min, array_parallelism=plan.max_parallel,
-                                      job_name=f"sweep-{plan.out.name}", signal_delay_s=30)
-        if s.gpus_per_node:
-            params["gpus_per_node"] = s.gpus_per_node
-        if s.mem_gb:
-            params["mem"] = f"{int(s.mem_gb * 1024)}MB"
-        for key in ("partition", "account", "qos", "constraint"):
-            if getattr(s, key):
-                params[key] = getattr(s, key)
-        if s.setup:
-            params["setup"] = list(s.setup)
-        executor.update_parameters(**params)
-        return executor
-    return None
-
-
 # ------------------------------------------------------------------------------------ results
 @dataclasses.dataclass
 class SweepResult:
@@ -473,10 +97,8 @@ class SweepResult:
     gave_up: list[Path]
 
     @property
-    def runs(self):
-        """The runs table (pandas.DataFrame), read from disk now."""
-        from scaling.runs import collect_runs
-
+    def runs(self) -> pd.DataFrame:
+        """The runs table, read from disk now."""
         return collect_runs(self.dir)
 
 
@@ -524,7 +146,7 @@ class _Progress:
         self.echo = echo
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+            from tqdm import tqdm  # only a terminal shows a bar: logs and CI skip the import
 
             self.bar = tqdm(total=total, desc="sweep", unit="cell", file=sys.stderr, dynamic_ncols=True)
         self.total, self.done = total, 0
@@ -558,21 +180,22 @@ def run_sweep(config: SweepConfig | SweepPlan, *, wait: bool = True, progress: b
     """
     plan = config if isinstance(config, SweepPlan) else plan_sweep(config)
     if plan.config.executor == "slurm":
-        _check_slurm()
-    meta = _prepare_dir(plan)
+        check_slurm()
+    parameters = executor_parameters(plan)  # bad resources fail here, before anything is written
+    meta = prepare_sweep_dir(plan)
     if not wait:
         _spawn_driver(plan)
         return SweepResult(dir=plan.out, status=sweep_status(plan.out), extensions=meta["extensions"],
                            gave_up=[])
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": None, "since": time.time()}
-    if not cells._try_lock(plan.out, owner):
+    if not cells.try_lock(plan.out, owner):
         other = cells.lock_owner(plan.out) or {}
         raise ConfigError(f"{plan.out} is being run by another sweep (pid {other.get('pid')} on "
                           f"{other.get('host')}); wait for it or kill it first")
     try:
-        return _drive(plan, meta, progress=progress, echo=echo, poll_s=poll_s)
+        return _drive(plan, meta, parameters, progress=progress, echo=echo, poll_s=poll_s)
     finally:
-        cells._release_lock(plan.out)
+        cells.release_lock(plan.out)
 
 
 def _spawn_driver(plan: SweepPlan) -> None:
@@ -587,10 +210,10 @@ def _spawn_driver(plan: SweepPlan) -> None:
     log.close()
 
 
-def _drive(plan: SweepPlan, meta: dict[str, Any], *, progress: bool, echo: Callable[[str], None],
-           poll_s: float) -> SweepResult:
+def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *, progress: bool,
+           echo: Callable[[str], None], poll_s: float) -> SweepResult:
     config = plan.config
-    executor = _make_executor(plan)
+    executor = make_executor(config.executor, plan.out / ".submitit" / config.executor, parameters)
     active: dict[Path, Any] = {}
     launches: dict[Path, int] = {}
     gave_up: set[Path] = set()
@@ -661,18 +284,15 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], *, progress: bool, echo: Calla
             bar.update(done + len(gave_up), len(states), running, len(gave_up))
             todo.sort(key=lambda p: (size_rank.get(states[p].size, 0), states[p].lr, states[p].seed))
             if config.executor == "slurm":
-                batch = todo
-            elif executor is None:
-                batch = todo[:1]
+                batch = todo  # one job array; SLURM throttles it to max_parallel (array_parallelism)
+            elif config.executor == "debug":
+                batch = todo[:1]  # in-process: the cell runs to its end at submission
             else:
                 batch = todo[:max(0, plan.max_parallel - running)]
             if batch:
                 for path in batch:
                     launches[path] = launches.get(path, 0) + 1
-                if executor is None:  # debug: in-process, one at a time
-                    path = batch[0]
-                    active[path] = _DoneJob(job(str(path)))
-                elif config.executor == "slurm":
+                if config.executor == "slurm":
                     for path, handle in zip(batch, executor.map_array(job, [str(p) for p in batch])):
                         active[path] = handle
                 else:
@@ -688,3 +308,108 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], *, progress: bool, echo: Calla
         bar.close()
     return SweepResult(dir=plan.out, status=sweep_status(plan.out), extensions=meta["extensions"],
                        gave_up=sorted(gave_up))
+
+
+# ------------------------------------------------------------------------------------ commands
+@dataclasses.dataclass
+class SweepsResult:
+    """What ``scaling sweep`` did: the plan of every arm (one plan for a file without arms) and,
+    unless it was a dry run, each sweep's result (``waited`` False: started in the background)."""
+
+    plans: list[SweepPlan]
+    sweeps: list[SweepResult]
+    dry_run: bool = False
+    waited: bool = True
+
+    @property
+    def gave_up(self) -> list[Path]:
+        """Cells that failed after all their retries, over every arm."""
+        return [path for result in self.sweeps for path in result.gave_up]
+
+    @property
+    def failure(self) -> str | None:
+        """Why the command failed (cells out of retries), or None."""
+        failed = self.gave_up
+        if not failed:
+            return None
+        return f"{len(failed)} cell(s) failed after all retries; see attempts.json in each (first: {failed[0]})"
+
+    def summary(self) -> str:
+        """A dry run's cells and resources; else per sweep its status table (when waited) and directory."""
+        if self.dry_run:
+            return "\n".join(describe_plan(plan) for plan in self.plans)
+        lines = []
+        for result in self.sweeps:
+            if self.waited:
+                lines.append(format_status(result.status))
+            lines.append(str(result.dir))
+        return "\n".join(lines)
+
+
+def run_sweeps(config_path: str | Path | None, arms: tuple[str, ...] | None = None,
+               flags: dict[str, Any] | None = None, *, dry_run: bool = False, no_wait: bool = False,
+               echo: Callable[[str], None] = print) -> SweepsResult:
+    """``scaling sweep``: plan the sweep of ``config_path`` with ``flags`` on top (the keyword
+    arguments of :func:`load_sweep_config`), then run it, or only plan it with ``dry_run``.
+
+    A file with arms runs ``arms`` (default: its default arms) one after another, each as its own
+    sweep in OUT/ARM; every arm is planned, and so checked, before the first one starts.
+    ``no_wait`` starts one sweep in the background. ``echo`` gets the progress lines."""
+    available = sweep_arms(config_path) if config_path else ()
+    chosen = tuple(arms) if arms is not None else available
+    if arms is not None and not available:
+        raise ConfigError("--arms needs a sweep file with [arms.NAME] tables"
+                          + (f"; {config_path} has none" if config_path else " (--config)"))
+    if len(chosen) > 1 and no_wait:
+        raise ConfigError("--no-wait starts one sweep; a file's arms run one after another: drop --no-wait "
+                          "or pick one arm with --arms")
+    plans = [plan_sweep(load_sweep_config(config_path, arm=arm, **(flags or {}))) for arm in chosen or (None,)]
+    if dry_run:
+        return SweepsResult(plans=plans, sweeps=[], dry_run=True)
+    sweeps = [run_sweep(plan, wait=not no_wait, echo=echo) for plan in plans]
+    return SweepsResult(plans=plans, sweeps=sweeps, waited=not no_wait)
+
+
+@dataclasses.dataclass
+class StatusResult:
+    """Where a sweep or a launch stands, from its files only: ``sizes`` for a sweep directory
+    (:func:`scaling.runs.sweep_status`), ``launch`` for a launch directory
+    (:func:`scaling.launch.launch_status`)."""
+
+    dir: Path
+    sizes: list[SizeStatus] | None = None
+    launch: dict[str, Any] | None = None
+
+    def summary(self) -> str:
+        return format_launch_status(self.launch) if self.launch is not None else format_status(self.sizes or [])
+
+
+def run_status(path: str | Path) -> StatusResult:
+    """``scaling status``: a sweep's cells per size, or a launch's job and training progress
+    (a directory with a ``plan.json`` is a launch)."""
+    path = Path(path)
+    if (path / "plan.json").exists():
+        return StatusResult(dir=path, launch=launch_status(path))
+    return StatusResult(dir=path, sizes=sweep_status(path))
+
+
+@dataclasses.dataclass
+class CollectResult:
+    """A sweep's runs table (:data:`scaling.runs.RUN_COLUMNS`) and the file it was written to, if any."""
+
+    runs: pd.DataFrame
+    out: Path | None = None
+
+    def summary(self) -> str:
+        """The file written and its row count, or (no file) the table as CSV."""
+        if self.out is not None:
+            return f"{len(self.runs)} runs -> {self.out}"
+        text = self.runs.to_csv(index=False)
+        return text[:-1] if text.endswith("\n") else text
+
+
+def run_collect(sweep_dir: str | Path, out: str | Path | None = None) -> CollectResult:
+    """``scaling collect``: the runs table of a sweep, the input of ``scaling fit``, written to
+    ``out`` (``.csv`` or ``.parquet``, atomically) when given."""
+    runs = collect_runs(sweep_dir)
+    return CollectResult(runs=runs, out=write_runs(runs, out) if out is not None else None)

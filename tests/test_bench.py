@@ -1,6 +1,6 @@
 """The benchmarks: alternating timing, the transformers comparison's shapes, the GPU benchmark
 run at a tiny size on CPU (FSDP2 over a world of one, eager and compiled), sweep overhead
-through the real local executor, and bad input.
+through the real local executor (:mod:`scaling.overhead`), and bad input.
 
 Tiny shapes on one thread: the whole file runs in well under 40 s on 2 busy cores.
 """
@@ -13,9 +13,9 @@ import torch
 
 from mm1model import bench
 from mm1model.config import ConfigError
-from mm1model.bench.compare import (Comparison, alternate, compare_doc_mask, compare_lm, compare_mm1, hf_llama,
-                                    measure_overhead, to_record)
+from mm1model.bench.compare import Comparison, alternate, compare_doc_mask, compare_lm, compare_mm1, hf_llama, to_record
 from mm1model.bench.gpu import gpu_bench
+from scaling.overhead import measure_overhead
 
 TINY_VIT = {"vit": {"n_layers": 1}}
 

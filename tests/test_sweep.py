@@ -25,7 +25,8 @@ from scaling import cells
 from scaling.cli import main
 from scaling.runs import RUN_COLUMNS, collect_runs, rank_key, sweep_status
 from mm1model.paper import mm1_peak_lr as mm1_lr
-from scaling.sweep import SweepConfig, load_sweep_config, plan_sweep, run_sweep, sweep_arms
+from scaling.sweep import prepare_sweep_dir, run_sweep
+from scaling.sweep_plan import SweepConfig, load_sweep_config, plan_sweep, sweep_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,9 +180,7 @@ def test_failed_cell_is_retried_and_recorded(tmp_path, corpus):
     config = SweepConfig(sizes=("100K",), lrs=(3e-3,), steps=8, executor="debug", max_extend=0,
                          max_retries=1, out=str(out), train=tiny_train(corpus))
     plan = plan_sweep(config)
-    from scaling.sweep import _prepare_dir
-
-    _prepare_dir(plan)
+    prepare_sweep_dir(plan)
     [cell] = out.glob("100K/*")
     spec = records.read_json(cell / "cell.json")
     spec["train"]["data"]["corpus"] = str(tmp_path / "no-such-corpus")  # a real failure in the trainer
@@ -203,10 +202,10 @@ def test_stale_lock_is_taken_over_and_live_one_is_not(tmp_path):
     records.write_json(tmp_path / "lock", {"host": socket.gethostname(), "pid": int(dead)})
     assert cells.lock_owner(tmp_path) is None
     me = {"host": socket.gethostname(), "pid": os.getpid()}
-    assert cells._try_lock(tmp_path, me)
+    assert cells.try_lock(tmp_path, me)
     assert cells.lock_owner(tmp_path)["pid"] == os.getpid()
-    assert not cells._try_lock(tmp_path, {**me, "pid": 1})
-    cells._release_lock(tmp_path)
+    assert not cells.try_lock(tmp_path, {**me, "pid": 1})
+    cells.release_lock(tmp_path)
     assert not (tmp_path / "lock").exists()
 
 

@@ -13,7 +13,8 @@ import pytest
 from mm1model import records
 from scaling import cells
 from scaling.runs import collect_runs
-from scaling.sweep import SweepConfig, _prepare_dir, plan_sweep, run_sweep
+from scaling.sweep import prepare_sweep_dir, run_sweep
+from scaling.sweep_plan import SweepConfig, plan_sweep
 
 pytestmark = pytest.mark.slurm
 
@@ -46,7 +47,7 @@ def test_slurm_sweep_completes_and_equals_local(slurm_cluster, corpus, tmp_path)
 
 def test_slurm_failed_cell_is_retried_and_recorded(slurm_cluster, corpus, tmp_path):
     plan = plan_sweep(tiny(corpus, tmp_path / "fail", "slurm", lrs=(3e-3,), seeds=1, max_retries=1))
-    _prepare_dir(plan)
+    prepare_sweep_dir(plan)
     [cell] = plan.out.glob("100K/*")
     spec = records.read_json(cell / "cell.json")
     spec["train"]["data"]["corpus"] = str(tmp_path / "no-such-corpus")

@@ -1,9 +1,10 @@
 """Benchmarks: ``python -m mm1model.bench``.
 
 * ``--size NAME [--json]``: throughput of one trainer step (:mod:`mm1model.bench.step`).
-* ``--compare [--json]``: our LM against Hugging Face's Llama, the image path's cost, document
-  masking against plain causal attention, and per-cell sweep overhead, in one process with
-  alternating runs (:mod:`mm1model.bench.compare`).
+* ``--compare [--json]``: our LM against Hugging Face's Llama, the image path's cost, and
+  document masking against plain causal attention, in one process with alternating runs
+  (:mod:`mm1model.bench.compare`). The per-cell overhead of a sweep is measured where sweep
+  cells live, one layer up: ``python -m scaling.overhead``.
 * ``--gpu [--json]``: the sweep sizes in bf16 with and without torch.compile under FSDP2 on one
   GPU (:mod:`mm1model.bench.gpu`; ``scripts/gpu-bench.sh`` runs it on an H200).
 
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-lens", type=lambda t: tuple(int(x) for x in _csv(t)),
                         help="--compare: doc-mask sequence lengths (default 512,1024,2048)")
     parser.add_argument("--repeats", type=int, default=5, help="--compare: alternating rounds (>= 5)")
-    parser.add_argument("--skip", type=_csv, default=(), help="--compare: kinds to skip (lm, mm1, doc_mask, overhead)")
+    parser.add_argument("--skip", type=_csv, default=(), help="--compare: kinds to skip (lm, mm1, doc_mask)")
     parser.add_argument("--json", action="store_true", help="print JSON objects, one per line")
     return parser
 

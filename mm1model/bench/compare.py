@@ -18,20 +18,17 @@ so that ratio > 1 means we win (throughputs: ours / reference; times: reference 
   tiny vocabulary, so the cost is the attention block's), forward + backward, on the document
   boundaries of real packed rows from the data pipeline against the same rows as one causal
   document. Target: masking costs <= 25%, i.e. ratio >= 0.8.
-* ``sweep_overhead/EXECUTOR``: seconds from submitting one sweep cell (``scaling.cells.CellJob``
-  through submitit) to the end of its first optimizer step: process start, imports, corpus
-  open, model build, validation set, the first step. The reference is the 5 s target.
+
+The per-cell overhead of a sweep (submit to first optimizer step) is measured one layer up, where
+sweep cells are: :mod:`scaling.overhead` (``python -m scaling.overhead``).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -41,9 +38,8 @@ from mm1model.config import ConfigError
 
 CPU_SIZES = ("100K", "300K", "1M", "3M")
 DOC_MASK_SEQ_LENS = (512, 1024, 2048)
-OVERHEAD_TARGET_S = 5.0
 DOC_MASK_TARGET = 0.8  # masked / causal throughput: masking costs at most 25% more time
-KINDS = ("lm", "mm1", "doc_mask", "overhead")
+KINDS = ("lm", "mm1", "doc_mask")
 
 
 @dataclass
@@ -287,110 +283,13 @@ def compare_doc_mask(seq_len: int, batch_size: int = 4, size: str = "1M", repeat
                                          "load_before": load, "load_after": _load()})
 
 
-# ------------------------------------------------------------------------------------ overhead
-def overhead_cell_train(corpus: str | None = None, size: str = "1M") -> dict[str, Any]:
-    """The TrainConfig dict of one CPU sweep cell (``sweeps/cpu.toml``'s per-cell settings) that
-    stops after 2 steps; only the time to its first step is measured."""
-    data: dict[str, Any] = {"seq_len": 128}
-    if corpus is not None:
-        data["corpus"] = corpus
-    return {"size": size, "optimizer": {"lr": 1e-3, "warmup_steps": 1, "decay_steps": 2}, "seed": 0, "steps": 2,
-            "batch_size": 8,
-            "threads": 1, "eval_interval": 0, "eval_sequences": 32, "checkpoint_interval": 0, "log_interval": 50,
-            "data": data}
-
-
-def time_to_first_step(cell_dir: Path, submitted: float) -> dict[str, float]:
-    """Seconds from ``submitted`` (epoch) to the trainer's start event (setup done: imports,
-    corpus, model, validation set) and to the end of its first optimizer step, read from the
-    run's ``events.jsonl`` and ``metrics.jsonl``."""
-    from mm1model import records
-
-    start = next(e["time"] for e in records.read_jsonl(cell_dir / "events.jsonl") if e["event"] == "start")
-    first = next(r for r in records.read_jsonl(cell_dir / "metrics.jsonl") if r.get("step") == 1)
-    # the loop's wall clock starts right after the start event
-    return {"to_setup_s": start - submitted, "to_first_step_s": start + first["wall_s"] - submitted,
-            "first_step_s": first["wall_s"]}
-
-
-def slurm_available() -> str | None:
-    """None when a SLURM cluster answers (after sourcing ``/tmp/mm1-slurm/env.sh`` when present),
-    else why not."""
-    import subprocess
-
-    env_sh = Path(os.environ.get("SLURM_PREFIX", "/tmp/mm1-slurm")) / "env.sh"
-    if not os.environ.get("SLURM_CONF") and env_sh.is_file():
-        for line in env_sh.read_text().splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, value = line[len("export "):].split("=", 1)
-                os.environ[key] = value.replace("$PATH", os.environ.get("PATH", ""))
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "no sinfo/sbatch on PATH"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "sinfo timed out"
-    states = out.stdout.split()
-    if out.returncode or not any(s.rstrip("*") in ("idle", "mixed") for s in states):
-        return f"no idle node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
-    return None
-
-
-def measure_overhead(executor: str = "local", repeats: int = 3, corpus: str | None = None,
-                     root: Path | None = None, size: str = "1M") -> Comparison:
-    """``sweep_overhead/EXECUTOR``: median seconds from submitting a sweep cell to the end of its
-    first optimizer step, over ``repeats`` cells run one after another."""
-    import submitit
-
-    from scaling.cells import CellJob, write_cell
-
-    if executor not in ("local", "slurm"):
-        raise ConfigError(f"unknown executor '{executor}'; valid: local, slurm")
-    if executor == "slurm":
-        why = slurm_available()
-        if why:
-            raise ConfigError(f"no SLURM cluster: {why}")
-    load = _load()
-    owned = root is None
-    root = Path(tempfile.mkdtemp(prefix="mm1-overhead-")) if root is None else Path(root)
-    try:
-        folder = root / ".submitit"
-        if executor == "local":
-            ex = submitit.LocalExecutor(folder=folder)
-            ex.update_parameters(timeout_min=30)
-        else:
-            ex = submitit.SlurmExecutor(folder=folder / "%j")
-            ex.update_parameters(time=30, cpus_per_task=1, job_name="mm1-overhead")
-        train = overhead_cell_train(corpus, size)
-        runs = []
-        for i in range(repeats):
-            cell = root / f"cell{i}"
-            write_cell(cell, train["size"], train["optimizer"]["lr"], train["seed"], train)
-            submitted = time.time()
-            job = ex.submit(CellJob(), str(cell))
-            outcome = job.result()
-            if outcome.get("status") != "ok":
-                raise RuntimeError(f"overhead cell {cell} ended {outcome}")
-            runs.append(time_to_first_step(cell, submitted))
-    finally:
-        if owned:
-            shutil.rmtree(root, ignore_errors=True)
-    ours = statistics.median(r["to_first_step_s"] for r in runs)
-    return Comparison(f"sweep_overhead/{executor}", ours, OVERHEAD_TARGET_S, "s", OVERHEAD_TARGET_S / ours, 1.0,
-                      {"ours_is": f"submit -> end of the first optimizer step of a {size} cell "
-                                  "(batch 8 x 128, 1 thread, 32 validation sequences)",
-                       "reference_is": "the 5 s target", "runs": [{k: round(v, 3) for k, v in r.items()} for r in runs],
-                       "setup_s_median": statistics.median(r["to_setup_s"] for r in runs),
-                       "repeats": repeats, "load_before": load, "load_after": _load()})
-
-
 # ------------------------------------------------------------------------------------ all
 def compare(sizes: tuple[str, ...] = CPU_SIZES, seq_lens: tuple[int, ...] = DOC_MASK_SEQ_LENS,
             skip: tuple[str, ...] = (), threads: int = 1, repeats: int = 5, batch_size: int = 8, seq_len: int = 128,
             corpus: str | None = None, echo: Callable[[str], None] = lambda _: None) -> list[Comparison]:
     """Every comparison of the module docstring, in order; ``skip`` names kinds to leave out
-    (``lm``, ``mm1``, ``doc_mask``, ``overhead``). A missing ``transformers`` skips ``lm_step``
-    and a missing SLURM cluster the SLURM overhead, each with a line through ``echo``."""
+    (``lm``, ``mm1``, ``doc_mask``). A missing ``transformers`` skips ``lm_step`` with a line
+    through ``echo``."""
     unknown = set(skip) - set(KINDS)
     if unknown:
         raise ConfigError(f"unknown comparison kind(s) {sorted(unknown)}; valid: {', '.join(KINDS)}")
@@ -413,15 +312,6 @@ def compare(sizes: tuple[str, ...] = CPU_SIZES, seq_lens: tuple[int, ...] = DOC_
     for t in seq_lens if "doc_mask" not in skip else ():
         out.append(compare_doc_mask(t, repeats=repeats, corpus=corpus))
         echo(format_comparison(out[-1]))
-    if "overhead" not in skip:
-        out.append(measure_overhead("local", corpus=corpus))
-        echo(format_comparison(out[-1]))
-        why = slurm_available()
-        if why:
-            echo(f"skip sweep_overhead/slurm: {why}")
-        else:
-            out.append(measure_overhead("slurm", corpus=corpus))
-            echo(format_comparison(out[-1]))
     return out
 
 

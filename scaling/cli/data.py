@@ -7,15 +7,15 @@ import click
 
 from mm1model.data import DataConfig, prepare_corpus
 from mm1model.data.stats import corpus_stats, format_stats
-from scaling.cli import main
+from mm1model.sizes import get_size
 
 
-@main.group()
-def data() -> None:
+@click.group("data")
+def data_group() -> None:
     """The bundled training corpus: build it, inspect what the stream makes of it."""
 
 
-@data.command()
+@data_group.command("prepare")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Corpus directory (default $MM1_CORPUS or ~/.cache/mm1-scaling/corpus).")
 @click.option("--synthetic", is_flag=True,
@@ -29,7 +29,7 @@ def prepare(out: str | None, synthetic: bool) -> None:
                f"vocab {manifest['vocab_size']}")
 
 
-@data.command()
+@data_group.command("stats")
 @click.option("--sequences", default=2000, show_default=True, help="Packed sequences to draw.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @click.option("--corpus", type=click.Path(file_okay=False), default=None,
@@ -46,8 +46,6 @@ def stats(sequences: int, as_json: bool, corpus: str | None, size: str | None, s
           image_tokens: int, image_size: int, max_images: int, split: str) -> None:
     """Mixture, packing efficiency, tokens/images per source, skipped records."""
     if size is not None:
-        from mm1model.sizes import get_size
-
         model = get_size(size)
         image_tokens, image_size = model.tokens_per_image, model.vit.image_size
     config = DataConfig(corpus=corpus, seq_len=seq_len, max_images=max_images,

@@ -1,11 +1,10 @@
-"""`scaling launch`: the fitted recipe and its resource plan, then the trainer through submitit."""
+"""`scaling launch`: a thin shell over :func:`scaling.launch.run_launch` (the fitted recipe and
+its resource plan, then the trainer through submitit)."""
 from __future__ import annotations
 
 import click
 
-from mm1model import records
-from mm1model.config import ConfigError
-from scaling.cli import main
+from scaling.launch import EXECUTORS, run_launch
 
 
 def _given(**values) -> dict:
@@ -13,13 +12,13 @@ def _given(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-@main.command()
+@click.command("launch")
 @click.option("--size", required=True, help="Size to train (see `scaling sizes`).")
 @click.option("--fit", "fit_path", type=click.Path(dir_okay=False), help="fit.json from `scaling fit`: its law gives the peak LR.")
 @click.option("--reference", type=click.Choice(["mm1"]), help="Use MM1's published law instead of a fit.")
 @click.option("--n-convention", type=click.Choice(["non_embedding", "total"]), default="non_embedding",
               show_default=True, help="How N is counted; a fit made with the other convention is refused.")
-@click.option("--executor", type=click.Choice(["slurm", "local"]), default="slurm", show_default=True)
+@click.option("--executor", type=click.Choice(EXECUTORS), default="slurm", show_default=True)
 @click.option("--nodes", type=int, help="Nodes (default: the fewest that fit).")
 @click.option("--gpus-per-node", type=int, help="GPUs (tasks) per node [8; 1 with --executor local].")
 @click.option("--gpu", default="H100", show_default=True, help="GPU model: H100 or H200 (or give --gpu-mem).")
@@ -53,58 +52,26 @@ def _given(**values) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.option("--resubmit", is_flag=True, help="Submit again to a launch directory whose job died.")
 @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
-def launch(size, fit_path, reference, n_convention, executor, nodes, gpus_per_node, gpu, gpu_mem, device,
+def launch_command(size, fit_path, reference, n_convention, executor, nodes, gpus_per_node, gpu, gpu_mem, device,
            cpus_per_task, partition, mem_per_node, time_limit, mfu, micro_batch_size, activation_checkpointing, steps, peak_lr,
            warmup_steps, decay_steps, min_lr_ratio, weight_decay, batch_size, seq_len, max_images, grad_clip,
            z_loss, eval_interval, checkpoint_interval, corpus, out, dry_run, as_json, resubmit, wait) -> None:
     """Train SIZE with the LR the law predicts: print the plan, then submit (SLURM or local)."""
-    from scaling.launch import format_status, launch_status, prepare_launch
-    from scaling.launch import launch as submit
-    from scaling.plan import format_plan
-
     if as_json and not dry_run:
         raise click.UsageError("--json goes with --dry-run")
     recipe = _given(steps=steps, peak_lr=peak_lr, warmup_steps=warmup_steps, decay_steps=decay_steps,
-                               min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, batch_size=batch_size,
-                               seq_len=seq_len, max_images=max_images, grad_clip=grad_clip, z_loss=z_loss)
+                    min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, batch_size=batch_size,
+                    seq_len=seq_len, max_images=max_images, grad_clip=grad_clip, z_loss=z_loss)
     plan = _given(nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, gpu_mem_gb=gpu_mem, device=device,
-                             cpus_per_task=cpus_per_task, partition=partition, mem_per_node_gb=mem_per_node,
-                             time=time_limit, mfu=mfu,
-                             micro_batch_size=micro_batch_size, activation_checkpointing=activation_checkpointing)
+                  cpus_per_task=cpus_per_task, partition=partition, mem_per_node_gb=mem_per_node,
+                  time=time_limit, mfu=mfu,
+                  micro_batch_size=micro_batch_size, activation_checkpointing=activation_checkpointing)
     train = _given(eval_interval=eval_interval, checkpoint_interval=checkpoint_interval)
     if corpus:
         train["data"] = {"corpus": corpus}
-    prepared = prepare_launch(size, fit=fit_path, reference=reference, n_convention=n_convention, recipe=recipe,
-                              plan=plan, train=train, executor=executor, out=out)
-    if as_json:
-        click.echo(records.dumps(prepared.summary()))
-    else:
-        click.echo(_describe(prepared))
-        click.echo(format_plan(prepared.plan))
-    if dry_run:
-        if not prepared.plan.fits:
-            raise ConfigError(prepared.plan.refusal)
-        return
-    job = submit(prepared, resubmit=resubmit)
-    click.echo(f"submitted job {job.job_id} ({executor}); records in {prepared.out}; "
-               f"follow with `scaling status {prepared.out}`")
-    if wait:
-        job.results()
-        click.echo(format_status(launch_status(prepared.out)))
-
-
-def _describe(prepared) -> str:
-    r = prepared.recipe
-    o = r.origins
-    pi = f" (95% PI {r.peak_lr_pi95[0]:.2e}-{r.peak_lr_pi95[1]:.2e})" if r.peak_lr_pi95 else ""
-    rows = [
-        f"recipe     {r.size}: peak LR {r.peak_lr:.3g} [{o['peak_lr']}]{pi} at N = {r.params:,.0f} ({r.n_convention})",
-        f"schedule   warmup {r.warmup_steps:,} [{o['warmup_steps']}], cosine to min LR {r.min_lr:.3g} "
-        f"[{o['min_lr']}] over {r.decay_steps:,} steps [{o['decay_steps']}], {r.steps:,} steps [{o['steps']}]",
-        f"optimizer  AdamW, decoupled weight decay {r.weight_decay:.3g} [{o['weight_decay']}], grad clip "
-        f"{r.grad_clip:g} [{o['grad_clip']}], z-loss {r.z_loss:g} [{o['z_loss']}]",
-        f"data       batch {r.batch_size} [{o['batch_size']}] x {r.seq_len} tokens [{o['seq_len']}], "
-        f"up to {r.max_images} images [{o['max_images']}] per sequence",
-    ]
-    return "\n".join(rows)
-
+    result = run_launch(size, fit=fit_path, reference=reference, n_convention=n_convention, recipe=recipe,
+                        plan=plan, train=train, executor=executor, out=out, dry_run=dry_run, as_json=as_json,
+                        resubmit=resubmit, wait=wait, echo=click.echo)
+    summary = result.summary()
+    if summary:
+        click.echo(summary)
