@@ -262,6 +262,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
                                      ("image_tokens", config.data.image_tokens, mcfg.tokens_per_image)):
         if value is not None and value != model_value:
             raise ConfigError(f"data.{name}={value} disagrees with the model's {model_value}; leave it null")
+    if 0 < config.steps < opt.warmup_steps:
+        raise ConfigError(f"optimizer.warmup_steps {opt.warmup_steps} exceeds steps {config.steps}: the LR would never "
+                          f"reach its peak; set optimizer.warmup_steps (MM1 warms up over 1% of its run)")
     data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image)
     weight_decay = opt.weight_decay if opt.weight_decay is not None else paper.WEIGHT_DECAY_RATIO * opt.lr
     return dataclasses.replace(config, optimizer=dataclasses.replace(opt, weight_decay=weight_decay), data=data)

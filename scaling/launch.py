@@ -40,14 +40,12 @@ from mm1model.data import DataConfig
 from mm1model.sizes import get_size
 from mm1model.train import TrainConfig, load_config, train
 from scaling.executors import check_slurm, export_distributed_environment, make_executor
-from scaling.fit import FitResult
+from scaling.law import REFERENCES, FitResult, mm1_law
 from scaling.plan import Plan, PlanConfig, format_plan, make_plan
 from scaling.recipe import Recipe, recipe_for
-from scaling.reference import mm1_law
 
 # A launch's tasks are processes of their own (one per GPU): never the in-process debug executor.
 EXECUTORS = ("slurm", "local")
-REFERENCES = ("mm1",)
 # TrainConfig fields a launch may set beyond the recipe (how often to evaluate, where the data is, ...).
 TRAIN_FIELDS = ("eval_interval", "eval_sequences", "checkpoint_interval", "keep_checkpoints", "log_interval",
                 "seed", "compile", "peak_flops", "divergence_factor", "betas", "eps")
@@ -166,9 +164,13 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     if unknown:
         raise ConfigError(f"unknown train key(s) {', '.join(unknown)}; valid: {', '.join(TRAIN_FIELDS)}")
     adam = {key: extra.pop(key) for key in OPTIMIZER_FIELDS if key in extra}
+    # checkpoint every ~30 minutes of the plan's step time (a step count would be days at 30B)
+    if the_plan.checkpoint_interval_steps is not None:
+        extra.setdefault("checkpoint_interval", the_plan.checkpoint_interval_steps)
     train_config = TrainConfig(
         size=size, data=from_dict(DataConfig, {"seq_len": rec.seq_len, "max_images": rec.max_images, **data}, "data"),
-        optimizer=dataclasses.replace(rec.optimizer(), **adam), z_loss=rec.z_loss, batch_size=rec.batch_size, micro_batch_size=the_plan.micro_batch_size, steps=rec.steps,
+        optimizer=dataclasses.replace(rec.optimizer(), **adam), z_loss=rec.z_loss, batch_size=rec.batch_size,
+        micro_batch_size=the_plan.micro_batch_size, steps=rec.steps,
         activation_checkpointing=the_plan.activation_checkpointing, device=device,
         threads=plan_config.cpus_per_task if device == "cpu" else None, run_dir=str((out / "run").resolve()),
         **extra)

@@ -13,7 +13,6 @@ import pytest
 import submitit
 import torch
 
-from mm1model import records
 from mm1model.config import ConfigError
 from mm1model.distributed import task_device
 from scaling import cells, launch

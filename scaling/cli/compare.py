@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from scaling.cli import main
 from scaling.compare import SELECTS, run_compare
 
 
-@main.command("compare")
+@click.command("compare")
 @click.argument("sweep_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write compare.json, lr_star.png and regret.png here (default: print only).")

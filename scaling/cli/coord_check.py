@@ -6,11 +6,10 @@ import sys
 import click
 
 from mm1model.parametrization import PARAMETRIZATIONS
-from scaling.cli import main
 from scaling.coord_check import CoordCheckConfig, run_coord_check
 
 
-@main.command("coord-check")
+@click.command("coord-check")
 @click.option("--sizes", required=True,
               help="Comma-separated sizes of one family, e.g. w32,w64,w128,w256 or d2,d4,d8.")
 @click.option("--parametrization", "parametrization", type=click.Choice(PARAMETRIZATIONS), default="mup",

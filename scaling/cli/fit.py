@@ -4,12 +4,11 @@ from __future__ import annotations
 import click
 
 from mm1model.paper import STEP_LAW_WITHIN
-from scaling.cli import main
 from scaling.law import N_CONVENTIONS, REFERENCES
 from scaling.report import DEFAULT_TARGETS, run_fit
 
 
-@main.command("fit")
+@click.command("fit")
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--select", default="parabola", show_default=True,
               help=f"Optimum per size: parabola | argmin | within:FRAC (e.g. within:{STEP_LAW_WITHIN:g}).")

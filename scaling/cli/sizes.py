@@ -6,7 +6,6 @@ import json
 import click
 
 from mm1model.sizes import FAMILIES, size_names, size_table
-from scaling.cli import main
 
 
 def _human(n: int) -> str:
@@ -33,12 +32,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(text + ["", note])
 
 
-@main.command()
+@click.command("sizes")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per size.")
 @click.option("--size", "sizes", multiple=True, metavar="NAME", help="Only these sizes (repeatable).")
 @click.option("--family", type=click.Choice([*FAMILIES, "all"]), default="mm1", show_default=True,
               help="mm1: the named sizes; width / depth: the transfer families; all: every size.")
-def sizes(as_json: bool, sizes: tuple[str, ...], family: str) -> None:
+def sizes_command(as_json: bool, sizes: tuple[str, ...], family: str) -> None:
     """The model sizes: parameter counts per component and shapes."""
     rows = size_table(list(sizes) or size_names(None if family == "all" else family))
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))

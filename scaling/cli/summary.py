@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from scaling.cli import main
 from scaling.summary import summarize
 
 
-@main.command("summary")
+@click.command("summary")
 @click.argument("sweep_dir", type=click.Path())
 @click.option("--fit", "fit_dir", type=click.Path(), default=None,
               help="The `scaling fit` output directory [default: SWEEP_DIR/fit].")
