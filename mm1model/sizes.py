@@ -144,6 +144,20 @@ _FAMILY_OF = {**{name: "mm1" for name in SIZES},
               **{name: "depth" for name in ("d2", "d4", "d8", "d16", "gd6", "gd12", "gd24", "gd48")}}
 
 
+# The sizes that train on a CPU in seconds to minutes (the demo's and the CPU transfer families).
+CPU_SIZES = ("100K", "300K", "1M", "3M", "w32", "w64", "w128", "w256", "d2", "d4", "d8", "d16")
+# Their default trainer shape, global batch in sequences x tokens per sequence: the demo's
+# (sweeps/cpu.toml), which keeps a cell near 0.5 GB. Every other size trains at MM1's 512 x 4096.
+CPU_SHAPE = (8, 128)
+
+
+def default_shape(name: str) -> tuple[int, int]:
+    """(batch_size, seq_len) a size trains at unless told otherwise: the demo's on the CPU sizes,
+    MM1's (512 sequences of 4096 tokens) on the others."""
+    get_size(name)
+    return CPU_SHAPE if name in CPU_SIZES else (paper.BATCH_SIZE, paper.SEQ_LEN)
+
+
 def family_of(name: str) -> str:
     """``mm1`` (the named sizes, N in the name), ``width`` (wD, gwD) or ``depth`` (dL, gdL)."""
     get_size(name)

@@ -23,11 +23,11 @@ from typing import Any
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, param_counts
 from mm1model.paper import mm1_peak_lr
-from mm1model.sizes import get_size
+from mm1model.sizes import default_shape, get_size
 from mm1model.train_config import TrainConfig, model_config
 from scaling.cells import cell_name
 from scaling.executors import EXECUTORS
-from scaling.plan import PlanConfig, make_plan, slurm_parameters
+from scaling.plan import GB, PlanConfig, host_memory_bytes, make_plan, slurm_parameters
 
 # A local cell runs until it ends: submitit's default limit (2 min) would kill most of them.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
@@ -48,6 +48,8 @@ class SlurmConfig:
     nodes: int = 1
     tasks_per_node: int = 1  # processes per node; > 1 runs the trainer distributed (one per GPU)
     gpus_per_node: int = 0
+    gpu: str = "H100"  # the GPU model the memory check plans for (scaling.plan's table), or give gpu_mem_gb
+    gpu_mem_gb: float | None = None
     cpus_per_task: int = 1
     mem_gb: float | None = None
     timeout_min: int = 60
@@ -87,6 +89,7 @@ class SweepConfig:
     max_extend: int = 3
     executor: str = "local"
     max_parallel: int | None = None
+    memory_gb: float | None = None
     out: str | None = None
     name: str | None = None
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -129,13 +132,16 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_sweep_config(path: str | Path | None = None, *, arm: str | None = None,
-                      model: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
+                      model: dict[str, Any] | None = None, shape: dict[str, Any] | None = None,
+                      **overrides: Any) -> SweepConfig:
     """A SweepConfig from a TOML file (optional) with ``overrides`` (flags) on top.
 
     Overrides that are None are ignored, so a CLI can pass every flag through. ``model`` entries
     (e.g. ``parametrization``, ``base_size``, ``alpha``) are merged into ``train.model``, the
-    trainer's overrides of every size's model config. A file with arms (see :func:`sweep_arms`)
-    needs ``arm``; the flags then apply on top of that arm.
+    trainer's overrides of every size's model config. ``shape`` (``batch_size``,
+    ``micro_batch_size``, ``seq_len``: the flags of the same names) sets the trainer's batch shape
+    on top of the file's ``[train]``. A file with arms (see :func:`sweep_arms`) needs ``arm``; the
+    flags then apply on top of that arm.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -170,6 +176,12 @@ def load_sweep_config(path: str | Path | None = None, *, arm: str | None = None,
         train = dict(data.get("train") or {})
         train["model"] = {**(train.get("model") or {}), **model}
         data["train"] = train
+    shape = {key: value for key, value in (shape or {}).items() if value is not None}
+    if shape:
+        train = dict(data.get("train") or {})
+        if "seq_len" in shape:
+            train["data"] = {**(train.get("data") or {}), "seq_len": shape.pop("seq_len")}
+        data["train"] = {**train, **shape}
     config = from_dict(SweepConfig, data, where=str(path) if path else "sweep")
     config.lrs_by_size = {k: tuple(v) for k, v in config.lrs_by_size.items()}
     return config
@@ -190,6 +202,8 @@ class SizePlan:
     batch_size: int
     seq_len: int
     flops: float | None  # training FLOPs of one cell (text tokens only; images excluded)
+    memory_gb: float | None = None  # planned peak memory of one of a cell's processes (GPU or host)
+    memory_limit_gb: float | None = None  # what each such process may use (None: not checked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +293,12 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
 
     train = dict(config.train)
     train.setdefault("threads", 1)
+    # a size trains at the shape of where it runs unless [train] says otherwise (sizes.default_shape):
+    # the demo's 8 x 128 for a sweep of CPU sizes, MM1's 512 x 4096 for any other
+    shapes = [default_shape(size) for size in config.sizes]
+    default_batch, default_seq_len = max(shapes)
+    train.setdefault("batch_size", default_batch)
+    train["data"] = {"seq_len": default_seq_len, **(train.get("data") or {})}
     probe = from_dict(TrainConfig, {**train, "size": config.sizes[0]}, where="[train]")
     batch_size, seq_len = probe.batch_size, probe.data.seq_len
     if config.tokens is not None:
@@ -295,6 +315,8 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
         train.pop(key, None)
     train["optimizer"].pop("lr")
 
+    if config.max_parallel is not None and config.max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be >= 1, got {config.max_parallel}")
     cores = _cores()
     threads = int(train.get("threads") or 1)
     if config.executor == "debug":
@@ -307,8 +329,6 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
                               f"{cores} cores here; use at most {fits}")
     else:
         max_parallel = config.max_parallel or 16
-    if max_parallel < 1:
-        raise ConfigError(f"--max-parallel must be >= 1, got {max_parallel}")
 
     # each size's model as the trainer will build it ([train.model] overrides included), so a
     # bad override fails here, before any job starts, and N counts what is trained
@@ -323,9 +343,98 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
                               lrs=_grid(config, size, params), seeds=config.seeds_by_size.get(size, config.seeds),
                               steps=steps, tokens=tokens,
                               batch_size=batch_size, seq_len=seq_len, flops=flops))
+    plans, max_parallel = check_memory(config, train, plans, max_parallel)
     name = config.name or "sweep-" + "_".join(config.sizes)
     out = Path(config.out) if config.out else Path("runs") / name
     return SweepPlan(config=config, out=out, sizes=tuple(plans), train=train, max_parallel=max_parallel)
+
+
+# ------------------------------------------------------------------------------------ memory
+# What a trainer process holds on a CPU before its model: Python, torch, the tokenizer and the
+# corpus index (measured: 0.32 GB resident for a 3M cell, `python -m mm1model.bench.checkpoint
+# --size 3M` less its model and optimizer state). The planner counts tensors only.
+CPU_PROCESS_GB = 0.35
+
+
+def host_available_gb() -> float:
+    """Memory this machine can give new processes now (MemAvailable), GB."""
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / GB
+    return host_memory_bytes() / GB
+
+
+def _cell_plan(config: SweepConfig, train: dict[str, Any], size: str, limit_gb: float | None,
+               micro_batch_size: int | None, activation_checkpointing: bool | None):
+    """The planner's :class:`scaling.plan.Plan` of one cell of ``size``: its processes (one per GPU
+    on SLURM, one on this machine), each with ``limit_gb`` of memory."""
+    s = config.slurm
+    gpus = config.executor == "slurm" and s.gpus_per_node > 0
+    data = train["data"]
+    tokens_per_image = model_config(from_dict(TrainConfig, {**train, "size": size}, where="[train]")).tokens_per_image
+    images = min(int(data["max_images"]), int(data["seq_len"]) // (tokens_per_image + 2))
+    job = PlanConfig(size=size, model=dict(train.get("model") or {}), batch_size=int(train["batch_size"]),
+                     seq_len=int(data["seq_len"]), max_images=int(data["max_images"]), images_per_sequence=images,
+                     steps=int(train["steps"]), z_loss=train.get("z_loss"),
+                     nodes=s.nodes if config.executor == "slurm" else 1,
+                     gpus_per_node=s.tasks_per_node if config.executor == "slurm" else 1,
+                     device="cuda" if gpus else "cpu", gpu=s.gpu, gpu_mem_gb=limit_gb if not gpus else s.gpu_mem_gb,
+                     micro_batch_size=micro_batch_size, activation_checkpointing=activation_checkpointing,
+                     reduce_every_micro_batch=bool(train.get("reduce_every_micro_batch", True)))
+    return make_plan(job)
+
+
+def check_memory(config: SweepConfig, train: dict[str, Any], plans: list[SizePlan],
+                 max_parallel: int) -> tuple[list[SizePlan], int]:
+    """Each cell's peak memory per process from the planner, held against what the executor
+    offers: a GPU's memory (less the planner's reserve) on SLURM with GPUs; ``slurm.mem_gb`` over
+    its tasks on CPU nodes (unchecked without it); on this machine ``memory_gb`` (default: the
+    memory available now) shared by the cells that run at once, whose number it also caps. A
+    cell that cannot fit is refused in one line with the largest setting that does. Returns the
+    plans with their memory and the (possibly lowered) parallelism."""
+    s = config.slurm
+    local = config.executor != "slurm"
+    if local:
+        budget = config.memory_gb if config.memory_gb is not None else host_available_gb()
+        limit = budget
+    elif s.gpus_per_node:
+        budget = limit = None  # the planner's GPU table (or gpu_mem_gb)
+    elif s.mem_gb:
+        budget, limit = None, s.mem_gb / s.tasks_per_node
+    else:
+        return plans, max_parallel
+    world = s.nodes * s.tasks_per_node if not local else 1
+    # the trainer's micro-batch: the configured one, else the whole per-rank batch at once
+    micro = train.get("micro_batch_size") or int(train["batch_size"]) // world
+    ac = bool(train.get("activation_checkpointing", False))
+    base = 0.0 if s.gpus_per_node and not local else CPU_PROCESS_GB  # a GPU's memory holds tensors only
+    tensors_limit = None if limit is None else max(limit - base, 1e-3)
+    checked, needs = [], []
+    for sp in plans:
+        cell = _cell_plan(config, train, sp.size, tensors_limit, micro, ac)
+        if not cell.fits:
+            free = _cell_plan(config, train, sp.size, tensors_limit, None, None)
+            where = (f"{limit:.1f} GB of memory here" if local else
+                     f"{cell.usable_mem_gb:g} GB usable per GPU" if s.gpus_per_node else f"{limit:.1f} GB per task")
+            if free.fits:
+                hint = (f"the largest that fits is --micro-batch-size {free.micro_batch_size}"
+                        + (" with activation_checkpointing = true in [train]" if free.activation_checkpointing else "")
+                        + f" ({free.memory_per_gpu_gb + base:.1f} GB)")
+            else:
+                hint = "no micro-batch fits: use a shorter --seq-len, a smaller --batch-size or more GPUs"
+            raise ConfigError(f"{sp.size}: a cell needs {cell.memory_per_gpu_gb + base:.1f} GB per process (batch "
+                              f"{cell.batch_size} x {cell.seq_len} tokens, micro-batch {cell.micro_batch_size}), "
+                              f"{where}; {hint}")
+        needs.append(cell.memory_per_gpu_gb + base)
+        checked.append(dataclasses.replace(sp, memory_gb=cell.memory_per_gpu_gb + base,
+                                           memory_limit_gb=limit if limit is not None else cell.usable_mem_gb))
+    if budget is not None:  # cells share this machine's memory: as many at once as fit
+        fit_at_once = max(1, int(budget // max(needs)))
+        if fit_at_once < max_parallel:
+            max_parallel = fit_at_once
+        checked = [dataclasses.replace(sp, memory_limit_gb=budget / max_parallel) for sp in checked]
+    return checked, max_parallel
 
 
 def describe_plan(plan: SweepPlan) -> str:
@@ -345,8 +454,10 @@ def describe_plan(plan: SweepPlan) -> str:
         lines.append(f"resources per job: 1 process, {plan.train.get('threads')} thread(s)")
     for sp in plan.sizes:
         flops = f", {sp.flops:.3g} FLOPs/cell" if sp.flops else ""
+        memory = (f", {sp.memory_gb:.2f} GB per process (of {sp.memory_limit_gb:.1f})" if sp.memory_gb is not None
+                  else ", memory unchecked (no slurm.mem_gb)")
         lines.append(f"{sp.size:>6}: N={sp.params:.4g}, MM1 eta(N)={sp.mm1_lr:.2e}, "
-                     f"{len(sp.lrs)} LRs x {sp.seeds} seed(s){flops}")
+                     f"{len(sp.lrs)} LRs x {sp.seeds} seed(s){flops}{memory}")
         lines.append("        lr: " + " ".join(f"{lr:.2e}" for lr in sp.lrs))
     for sp in plan.sizes:
         for lr in sp.lrs:
