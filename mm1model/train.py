@@ -74,6 +74,7 @@ from mm1model.model import MM1
 from mm1model.parallelize import parallelize
 from mm1model.parametrization import init_parametrized, param_groups, set_group_lrs
 from mm1model.tokens import IGNORE_INDEX
+from mm1model.trackers import TensorBoardLog
 from mm1model.train_config import (FINAL_STATUSES, RECORD_KEYS, RESUMABLE_CHANGES, TrainConfig, TrainResult,
                                    load_config, lr_multiplier, model_config, resolve, torch_weight_decay)
 
@@ -402,6 +403,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
 
         progress = tqdm(total=config.steps, initial=state["step"], desc=f"{config.size} lr={config.optimizer.lr:.2e}",
                         unit="step", dynamic_ncols=True)
+    board = TensorBoardLog(run_dir, state["step"], enabled=ddp.is_main and config.tensorboard)
     async_save = config.async_checkpoint if config.async_checkpoint is not None else device.type == "cuda"
     checkpointer = Checkpointer(run_dir, ddp, config.keep_checkpoints, async_save=async_save)
     wall_at_start, t_start = state["wall_s"], time.time()
@@ -444,6 +446,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                "mfu": flops / dt / (peak * ddp.world_size) if peak else None, "wall_s": state["wall_s"]}
         if ddp.is_main:
             records.append_jsonl(metrics, row)
+            board.step(row, optimizer)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
@@ -464,12 +467,14 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
             if ddp.is_main:
                 records.append_jsonl(metrics, {"step": state["step"], "val_loss": final_loss,
                                                "val_loss_by_source": by_source})
+                board.evaluation(state["step"], final_loss, by_source)
         # a signal during the last step is moot: the run is about to write its final result
         signalled = bool(stats[3]) and not last
         if signalled or (config.checkpoint_interval and state["step"] % config.checkpoint_interval == 0
                          and not last):
             # the preemption checkpoint must be on disk before the signal is handed on
             checkpointer.save(model, optimizer, state, lanes, blocking=signalled)
+            board.flush()
             if ddp.is_main:
                 records.append_jsonl(events, {"event": "checkpoint", "step": state["step"], "time": time.time()})
         if signalled:
@@ -478,6 +483,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                                               "signals": list(preemption.received)})
             preemption.chain()
     checkpointer.finish()
+    board.close()
     if progress is not None:
         progress.close()
     if status == "ok" and final_loss is None:  # steps == 0, or resumed at the end

@@ -31,8 +31,8 @@ FINAL_STATUSES = ("ok", "diverged")
 # Keys config.json adds to the TrainConfig fields; load_config drops them.
 RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
 # Fields that may change between a run and its resumption without changing its trajectory.
-RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval",
-                     "keep_checkpoints", "async_checkpoint", "log_interval", "compile", "activation_checkpointing")
+RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
+                     "async_checkpoint", "log_interval", "tensorboard", "compile", "activation_checkpointing")
 
 
 @dataclass
@@ -98,6 +98,7 @@ class TrainConfig:
     ``divergence_factor``: after warmup, a training loss above this times the first step's loss
     stops the run as diverged (a non-finite loss does at any step).
     ``eval_interval`` / ``checkpoint_interval``: in steps, 0 = only at the end / never.
+    ``tensorboard``: write TensorBoard event files into ``run_dir/tensorboard`` (:mod:`mm1model.trackers`).
     ``async_checkpoint``: write interval checkpoints in the background (None = on GPU only; a
     preemption checkpoint is always written before the signal is handed on).
     ``peak_flops``: peak FLOP/s of one device for MFU; None = the datasheet value of the GPU
@@ -121,6 +122,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     async_checkpoint: bool | None = None
     log_interval: int = 10
+    tensorboard: bool = True
     seed: int = 0
     threads: int | None = None
     divergence_factor: float = 1.5

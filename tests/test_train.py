@@ -381,3 +381,19 @@ def test_parametrization_groups_are_scheduled_relatively(corpus, tmp_path):
     groups = read_trainer_state(run_dir / "checkpoints" / "step_00000002")["param_groups"]
     by_mult = {g["lr_mult"]: g["lr"] for g in groups}
     assert by_mult[1.0] == pytest.approx(scheduled) and by_mult[0.5] == pytest.approx(scheduled / 2)
+
+
+def test_tensorboard_event_files_hold_the_loss_lr_and_validation_series(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, rows = reference
+    events = EventAccumulator(str(Path(result.run_dir) / "tensorboard"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, 31))
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)  # float32 in the file
+    assert [e.value for e in events.Scalars("lr/decay")] == pytest.approx([r["lr"] for r in rows], rel=1e-6)
+    assert [e.step for e in events.Scalars("val/loss")] == [10, 20, 30]
+    assert events.Scalars("val/loss")[-1].value == pytest.approx(result.final_val_loss, rel=1e-6)
+    assert {"val/loss_caption", "val/loss_interleaved", "val/loss_text", "train/grad_norm",
+            "train/tokens_per_s"} <= set(events.Tags()["scalars"])
