@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,8 +266,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if value is not None and value != model_value:
             raise ConfigError(f"data.{name}={value} disagrees with the model's {model_value}; leave it null")
     if 0 < config.steps < opt.warmup_steps:
-        raise ConfigError(f"optimizer.warmup_steps {opt.warmup_steps} exceeds steps {config.steps}: the LR would never "
-                          f"reach its peak; set optimizer.warmup_steps (MM1 warms up over 1% of its run)")
+        # stated, not refused: a short test or smoke run may mean it
+        warnings.warn(f"optimizer.warmup_steps {opt.warmup_steps} exceeds steps {config.steps}: the LR never passes "
+                      f"{config.steps / opt.warmup_steps:.1%} of its peak {opt.lr:g} (MM1 warms up over 1% of its run)",
+                      UserWarning, stacklevel=2)
     data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image)
     weight_decay = opt.weight_decay if opt.weight_decay is not None else paper.WEIGHT_DECAY_RATIO * opt.lr
     return dataclasses.replace(config, optimizer=dataclasses.replace(opt, weight_decay=weight_decay), data=data)
