@@ -29,7 +29,7 @@ from torch import nn
 
 from mm1model.config import ConfigError
 from mm1model.loss import linear_cross_entropy, lm_loss
-from mm1model.masks import Spans, attend_spans, document_mask
+from mm1model.masks import BlockMask, Mask, attend_flex, attend_spans, document_mask
 from mm1model.tokens import IMAGE_ID
 
 CONNECTOR_KINDS = ("c_abstractor", "avg_pool", "attention_pool")
@@ -400,8 +400,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | Spans | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Mask) -> torch.Tensor:
         b, t, _ = x.shape  # (B, T, C)
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
@@ -412,6 +411,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
         elif isinstance(mask, list):  # document spans (see document_mask)
             y = attend_spans(q, k, v, mask, self.scale, gqa)
+        elif isinstance(mask, BlockMask):  # flex_attention: only the blocks the mask keeps are computed
+            y = attend_flex(q, k, v, mask, self.scale, gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
@@ -442,8 +443,7 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | Spans | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Mask) -> torch.Tensor:
         if self.residual_mult == 1.0:  # the standard parametrization: no multiply, forward or backward
             x = x + self.attention(self.attention_norm(x), cos, sin, mask)
             return x + self.feed_forward(self.ffn_norm(x))  # (B, T, C)
@@ -465,10 +465,11 @@ class LM(nn.Module):
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        # Whether attention may take per-document spans (Python lists) on CPU; whoever compiles
-        # the blocks turns it off (mm1model.parallelize), since a compiled block would recompile
-        # for every new list of spans.
-        self.per_document_spans = True
+        # How attention keeps packed documents apart (mm1model.masks.MASK_KINDS): "auto" is
+        # flex_attention on CUDA and the measured CPU choice on CPU. Whoever compiles the blocks
+        # sets it (mm1model.parallelize): a compiled block would recompile for every new list of
+        # per-document spans.
+        self.mask_kind = "auto"
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(input_ids)  # (B, T, C)
@@ -479,7 +480,7 @@ class LM(nn.Module):
     def features(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
         """The output head's input (B, T, C): the blocks, the final norm, the readout multiplier."""
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = None if doc_ids is None else document_mask(doc_ids, spans_ok=self.per_document_spans)
+        mask = None if doc_ids is None else document_mask(doc_ids, self.mask_kind)
         if self.cfg.input_mult != 1.0:  # muP's input multiplier (see mm1model.parametrization)
             x = x * self.cfg.input_mult
         for block in self.blocks:

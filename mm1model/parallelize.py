@@ -36,8 +36,9 @@ def parallelize(model: nn.Module, *, device_type: str = "cpu", activation_checkp
         for blocks, i in transformer_blocks(model):
             blocks[i] = checkpoint_wrapper(blocks[i])
     if compile:
-        # a compiled block would recompile for every new list of per-document spans: tensors only
-        model.lm.per_document_spans = False
+        # Tensor masks only: a compiled block would recompile for every new list of per-document
+        # spans. On CUDA flex_attention's BlockMask (traced into the block's graph), else dense.
+        model.lm.mask_kind = "flex" if device_type == "cuda" else "dense"
         for blocks, i in transformer_blocks(model):
             # in place: parameter names (and checkpoints) stay unchanged
             blocks[i].compile(**({"backend": compile_backend} if compile_backend else {}))
