@@ -20,8 +20,10 @@ outside to ``model.lm.blocks`` and ``model.vit.blocks`` (see ``mm1model/parallel
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -506,6 +508,25 @@ class MM1Output:
     z_loss: torch.Tensor | None = None
 
 
+def check_image_placeholders(input_ids: torch.Tensor, n_images: int, tokens_per_image: int) -> None:
+    """ValueError unless ``input_ids`` (B, T) hold ``n_images x tokens_per_image`` IMAGE_ID
+    placeholders. Reads the ids: call it where they are on the host (a trainer, on the batch
+    before it goes to the GPU); :meth:`MM1.forward` calls it for CPU ids only."""
+    n_slots = int((input_ids == IMAGE_ID).sum())
+    if n_slots != n_images * tokens_per_image:
+        raise ValueError(f"{n_slots} image placeholders for {n_images} images of {tokens_per_image} tokens each")
+
+
+# How MM1.init_weights (and mm1model.parametrization.init_parametrized) reach a parameter:
+# draw(param, fill) applies `fill`, an in-place nn.init function of one tensor.
+Draw = Callable[[torch.Tensor, Callable[[torch.Tensor], object]], None]
+
+
+def fill_in_place(param: torch.Tensor, fill: Callable[[torch.Tensor], object]) -> None:
+    """The default :data:`Draw`: ``fill`` the parameter itself (a single-device model)."""
+    fill(param)
+
+
 class MM1(nn.Module):
     """The multimodal LM: images -> ViT -> connector -> tokens that replace the IMAGE_ID
     placeholders of ``input_ids`` in order -> LM -> logits and loss.
@@ -534,35 +555,42 @@ class MM1(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def init_weights(self, draw: Draw = fill_in_place) -> None:
         """(Re)initialize every parameter from the current torch seed. The constructor calls it;
         call it again after building on the meta device and ``to_empty``.
 
         Linear, embedding and position weights N(0, init_std); the LM's residual output
         projections N(0, init_std / sqrt(2 n_layers)) (GPT-2); norms to identity; convolutions
         Kaiming normal (fan_out), as timm's RegNet. This is SP's init; under mup / completep
-        :func:`mm1model.parametrization.init_parametrized` re-draws the matrices it changes."""
+        :func:`mm1model.parametrization.init_parametrized` re-draws the matrices it changes.
+        ``draw(param, fill)`` applies each rule (``fill``, an in-place ``nn.init`` function) to a
+        parameter, always in this order: by default to the parameter itself;
+        :func:`mm1model.parallelize.init_sharded` draws the full tensor and keeps a rank's shard."""
         if self.config.lm.tie_embeddings:  # `to_empty` after a meta build unties shared parameters
             self.lm.output.weight = self.lm.tok_embeddings.weight
         std = self.config.lm.init_std
+        normal = functools.partial(nn.init.normal_, std=std)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
+                draw(module.weight, normal)
                 if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                    draw(module.bias, nn.init.zeros_)
             elif isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                draw(module.weight, functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu"))
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
+                    draw(module.bias, nn.init.zeros_)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # identity, as their reset_parameters
+                if module.weight is not None:
+                    draw(module.weight, nn.init.ones_)
+                if getattr(module, "bias", None) is not None:
+                    draw(module.bias, nn.init.zeros_)
         for name, param in self.named_parameters():
             if name.endswith(("pos_embed", "class_embedding", "queries")):
-                nn.init.normal_(param, std=std)
-        residual_std = std / math.sqrt(2 * self.config.lm.n_layers)
+                draw(param, normal)
+        residual = functools.partial(nn.init.normal_, std=std / math.sqrt(2 * self.config.lm.n_layers))
         for block in self.lm.blocks:
-            nn.init.normal_(block.attention.wo.weight, std=residual_std)
-            nn.init.normal_(block.feed_forward.w2.weight, std=residual_std)
+            draw(block.attention.wo.weight, residual)
+            draw(block.feed_forward.w2.weight, residual)
 
     def image_features(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Encode images (each (3, H, W)) -> (n_images * tokens_per_image, d_model), in order.
@@ -595,10 +623,8 @@ class MM1(nn.Module):
         x = self.lm.embed(input_ids)  # (B, T, C)
         placeholders = input_ids == IMAGE_ID  # (B, T)
         images = [] if images is None else list(images)
-        n_slots = int(placeholders.sum())
-        if n_slots != len(images) * self.config.tokens_per_image:
-            raise ValueError(f"{n_slots} image placeholders for {len(images)} images of "
-                             f"{self.config.tokens_per_image} tokens each")
+        if input_ids.device.type == "cpu":  # free here; on a GPU it would be a host sync per forward
+            check_image_placeholders(input_ids, len(images), self.config.tokens_per_image)
         if images:
             tokens = self.image_features(images).to(x.dtype)  # (n_images * tokens_per_image, C)
             x = x.masked_scatter(placeholders[..., None], tokens)  # row-major order = placeholder order
