@@ -20,8 +20,10 @@ outside to ``model.lm.blocks`` and ``model.vit.blocks`` (see ``mm1model/parallel
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ from torch import nn
 
 from mm1model.config import ConfigError
 from mm1model.loss import linear_cross_entropy, lm_loss
-from mm1model.masks import Spans, attend_spans, document_mask
+from mm1model.masks import BlockMask, Mask, attend_flex, attend_spans, document_mask
 from mm1model.tokens import IMAGE_ID
 
 CONNECTOR_KINDS = ("c_abstractor", "avg_pool", "attention_pool")
@@ -400,8 +402,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | Spans | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Mask) -> torch.Tensor:
         b, t, _ = x.shape  # (B, T, C)
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
@@ -412,6 +413,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
         elif isinstance(mask, list):  # document spans (see document_mask)
             y = attend_spans(q, k, v, mask, self.scale, gqa)
+        elif isinstance(mask, BlockMask):  # flex_attention: only the blocks the mask keeps are computed
+            y = attend_flex(q, k, v, mask, self.scale, gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
@@ -442,8 +445,7 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | Spans | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Mask) -> torch.Tensor:
         if self.residual_mult == 1.0:  # the standard parametrization: no multiply, forward or backward
             x = x + self.attention(self.attention_norm(x), cos, sin, mask)
             return x + self.feed_forward(self.ffn_norm(x))  # (B, T, C)
@@ -465,10 +467,11 @@ class LM(nn.Module):
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        # Whether attention may take per-document spans (Python lists) on CPU; whoever compiles
-        # the blocks turns it off (mm1model.parallelize), since a compiled block would recompile
-        # for every new list of spans.
-        self.per_document_spans = True
+        # How attention keeps packed documents apart (mm1model.masks.MASK_KINDS): "auto" is
+        # flex_attention on CUDA and the measured CPU choice on CPU. Whoever compiles the blocks
+        # sets it (mm1model.parallelize): a compiled block would recompile for every new list of
+        # per-document spans.
+        self.mask_kind = "auto"
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(input_ids)  # (B, T, C)
@@ -479,7 +482,7 @@ class LM(nn.Module):
     def features(self, x: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
         """The output head's input (B, T, C): the blocks, the final norm, the readout multiplier."""
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = None if doc_ids is None else document_mask(doc_ids, spans_ok=self.per_document_spans)
+        mask = None if doc_ids is None else document_mask(doc_ids, self.mask_kind)
         if self.cfg.input_mult != 1.0:  # muP's input multiplier (see mm1model.parametrization)
             x = x * self.cfg.input_mult
         for block in self.blocks:
@@ -503,6 +506,25 @@ class MM1Output:
     loss: torch.Tensor | None = None
     ce_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
+
+
+def check_image_placeholders(input_ids: torch.Tensor, n_images: int, tokens_per_image: int) -> None:
+    """ValueError unless ``input_ids`` (B, T) hold ``n_images x tokens_per_image`` IMAGE_ID
+    placeholders. Reads the ids: call it where they are on the host (a trainer, on the batch
+    before it goes to the GPU); :meth:`MM1.forward` calls it for CPU ids only."""
+    n_slots = int((input_ids == IMAGE_ID).sum())
+    if n_slots != n_images * tokens_per_image:
+        raise ValueError(f"{n_slots} image placeholders for {n_images} images of {tokens_per_image} tokens each")
+
+
+# How MM1.init_weights (and mm1model.parametrization.init_parametrized) reach a parameter:
+# draw(param, fill) applies `fill`, an in-place nn.init function of one tensor.
+Draw = Callable[[torch.Tensor, Callable[[torch.Tensor], object]], None]
+
+
+def fill_in_place(param: torch.Tensor, fill: Callable[[torch.Tensor], object]) -> None:
+    """The default :data:`Draw`: ``fill`` the parameter itself (a single-device model)."""
+    fill(param)
 
 
 class MM1(nn.Module):
@@ -533,35 +555,42 @@ class MM1(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def init_weights(self, draw: Draw = fill_in_place) -> None:
         """(Re)initialize every parameter from the current torch seed. The constructor calls it;
         call it again after building on the meta device and ``to_empty``.
 
         Linear, embedding and position weights N(0, init_std); the LM's residual output
         projections N(0, init_std / sqrt(2 n_layers)) (GPT-2); norms to identity; convolutions
         Kaiming normal (fan_out), as timm's RegNet. This is SP's init; under mup / completep
-        :func:`mm1model.parametrization.init_parametrized` re-draws the matrices it changes."""
+        :func:`mm1model.parametrization.init_parametrized` re-draws the matrices it changes.
+        ``draw(param, fill)`` applies each rule (``fill``, an in-place ``nn.init`` function) to a
+        parameter, always in this order: by default to the parameter itself;
+        :func:`mm1model.parallelize.init_sharded` draws the full tensor and keeps a rank's shard."""
         if self.config.lm.tie_embeddings:  # `to_empty` after a meta build unties shared parameters
             self.lm.output.weight = self.lm.tok_embeddings.weight
         std = self.config.lm.init_std
+        normal = functools.partial(nn.init.normal_, std=std)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
+                draw(module.weight, normal)
                 if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                    draw(module.bias, nn.init.zeros_)
             elif isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                draw(module.weight, functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu"))
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
+                    draw(module.bias, nn.init.zeros_)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # identity, as their reset_parameters
+                if module.weight is not None:
+                    draw(module.weight, nn.init.ones_)
+                if getattr(module, "bias", None) is not None:
+                    draw(module.bias, nn.init.zeros_)
         for name, param in self.named_parameters():
             if name.endswith(("pos_embed", "class_embedding", "queries")):
-                nn.init.normal_(param, std=std)
-        residual_std = std / math.sqrt(2 * self.config.lm.n_layers)
+                draw(param, normal)
+        residual = functools.partial(nn.init.normal_, std=std / math.sqrt(2 * self.config.lm.n_layers))
         for block in self.lm.blocks:
-            nn.init.normal_(block.attention.wo.weight, std=residual_std)
-            nn.init.normal_(block.feed_forward.w2.weight, std=residual_std)
+            draw(block.attention.wo.weight, residual)
+            draw(block.feed_forward.w2.weight, residual)
 
     def image_features(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Encode images (each (3, H, W)) -> (n_images * tokens_per_image, d_model), in order.
@@ -594,10 +623,8 @@ class MM1(nn.Module):
         x = self.lm.embed(input_ids)  # (B, T, C)
         placeholders = input_ids == IMAGE_ID  # (B, T)
         images = [] if images is None else list(images)
-        n_slots = int(placeholders.sum())
-        if n_slots != len(images) * self.config.tokens_per_image:
-            raise ValueError(f"{n_slots} image placeholders for {len(images)} images of "
-                             f"{self.config.tokens_per_image} tokens each")
+        if input_ids.device.type == "cpu":  # free here; on a GPU it would be a host sync per forward
+            check_image_placeholders(input_ids, len(images), self.config.tokens_per_image)
         if images:
             tokens = self.image_features(images).to(x.dtype)  # (n_images * tokens_per_image, C)
             x = x.masked_scatter(placeholders[..., None], tokens)  # row-major order = placeholder order

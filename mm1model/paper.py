@@ -80,7 +80,29 @@ COORD_CHECK_THRESHOLD = 0.13
 TORCHTITAN_MFU = 0.35
 
 # ------------------------------------------------------------------------ hardware datasheets
-# Memory as sold (GB = 1e9 bytes) and dense bf16 peak FLOP/s without sparsity, by exact device
-# name as torch.cuda.get_device_name reports it, and by the short name the planner takes.
+# Dense BF16 Tensor Core peak FLOP/s, by the exact name torch.cuda.get_device_name reports
+# (mm1model.accelerator.peak_flops looks names up exactly: a substring match credits an H100
+# PCIe with the SXM part's 989 TFLOP/s). NVIDIA's datasheets print the figure with 2:4
+# structured sparsity; the dense peak is half of it:
+# - "NVIDIA H100 Tensor Core GPU" datasheet: BF16 1,979 TFLOPS (H100 SXM), 1,513 (H100 PCIe),
+#   1,671 (H100 NVL), all "with sparsity" (the dense SXM value, 989.4, is the Hopper whitepaper's).
+# - "NVIDIA H200 Tensor Core GPU" datasheet: BF16 1,979 TFLOPS (H200 SXM), 1,671 (H200 NVL),
+#   with sparsity.
+# - "NVIDIA A100 Tensor Core GPU" datasheet: BF16 312 TFLOPS dense (624 with sparsity), the
+#   same for SXM and PCIe, 40 and 80 GB.
+GPU_PEAK_FLOPS_BY_DEVICE_NAME = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # H200 SXM
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+}
+# The planner's short names (scaling plan --gpu) are the SXM parts, with their memory as sold
+# (GB = 1e9 bytes; the same datasheets: H100 SXM 80 GB, H200 141 GB).
+GPU_DEVICE_NAMES = {"H100": "NVIDIA H100 80GB HBM3", "H200": "NVIDIA H200"}
 GPU_MEMORY_GB = {"H100": 80.0, "H200": 141.0}
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+GPU_PEAK_FLOPS = {short: GPU_PEAK_FLOPS_BY_DEVICE_NAME[name] for short, name in GPU_DEVICE_NAMES.items()}

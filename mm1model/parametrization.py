@@ -64,7 +64,7 @@ from torch import nn
 
 from mm1model import paper
 from mm1model.config import ConfigError, replace
-from mm1model.model import MM1, LMConfig, MM1Config
+from mm1model.model import MM1, Draw, LMConfig, MM1Config, fill_in_place
 from mm1model.sizes import get_size
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
@@ -244,19 +244,20 @@ def param_rules(model: nn.Module, config: MM1Config | None = None) -> dict[str, 
 
 
 @torch.no_grad()
-def init_parametrized(model: nn.Module) -> nn.Module:
+def init_parametrized(model: nn.Module, draw: Draw = fill_in_place) -> nn.Module:
     """Re-draw the parameters whose init ``model.config.parametrization`` changes (after SP's
     init, from the current torch RNG): hidden matrices N(0, std/sqrt(m)), the query and an
     untied head zero. Applied to a built model from outside, like :mod:`mm1model.parallelize`;
-    a no-op under sp. Returns the model."""
+    a no-op under sp. ``draw`` as in :meth:`MM1.init_weights` (the sharded init passes its
+    own). Returns the model."""
     params = dict(model.named_parameters())
     for name, rule in param_rules(model).items():
         if rule.init_std is None:
             continue
         if rule.init_std == 0.0:
-            nn.init.zeros_(params[name])
+            draw(params[name], nn.init.zeros_)
         else:
-            nn.init.normal_(params[name], std=rule.init_std)
+            draw(params[name], functools.partial(nn.init.normal_, std=rule.init_std))
     return model
 
 
