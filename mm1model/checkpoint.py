@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import random
 import shutil
 import signal
 import threading
@@ -39,7 +38,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -48,6 +46,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from mm1model import records
+from mm1model.accelerator import rng_state
 from mm1model.config import ConfigError
 from mm1model.data import PackedStream
 from mm1model.distributed import Dist, gather_objects
@@ -102,30 +101,6 @@ class Preempted(SystemExit):
     def __init__(self, signum: int) -> None:
         super().__init__(128 + signum)
         self.signum = signum
-
-
-# ------------------------------------------------------------------------------------ RNG as JSON
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (torch CPU, numpy, python, and CUDA when present) as JSON values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state().tolist(),
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-             "python": [version, list(internal), gauss_next]}
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 # ------------------------------------------------------------------------------------ safe reading

@@ -64,14 +64,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mm1model import paper, records
-from mm1model.checkpoint import Checkpointer, Preemption, checkpoint_paths, load_checkpoint, set_rng_state
+from mm1model import accelerator, records
+from mm1model.checkpoint import Checkpointer, Preemption, checkpoint_paths, load_checkpoint
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, image_flops, param_counts
 from mm1model.data import SOURCES, PackedStream, validation_batches
 from mm1model.distributed import Dist, init_distributed
 from mm1model.model import MM1
-from mm1model.parallelize import parallelize
+from mm1model.parallelize import init_sharded, parallelize
 from mm1model.parametrization import init_parametrized, param_groups, set_group_lrs
 from mm1model.tokens import IGNORE_INDEX
 from mm1model.trackers import TensorBoardLog
@@ -103,31 +103,12 @@ def code_version() -> str:
 
 
 def peak_flops_per_s(device: torch.device, configured: float | None = None) -> float | None:
-    """Peak dense bf16 FLOP/s of one device: the configured value, else the datasheet value of
-    :data:`mm1model.paper.GPU_PEAK_FLOPS`."""
-    if configured is not None:
-        return configured
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in paper.GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value
-    return None
+    """Peak dense bf16 FLOP/s of one device: the configured value, else the datasheet value for the
+    exact device name (:func:`mm1model.accelerator.device_peak_flops`; None on CPU or an unknown GPU)."""
+    return configured if configured is not None else accelerator.device_peak_flops(device)
 
 
 # ------------------------------------------------------------------------------------ steps
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    out["images"] = [img.to(device, non_blocking=True) for img in batch["images"]]
-    return out
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def forward_backward(model: torch.nn.Module, micro_batches: Iterator[dict[str, Any]], n_micro: int,
                      device: torch.device, reduce_every_micro_batch: bool = True) -> torch.Tensor:
     """Accumulate gradients of the mean loss over ``n_micro`` micro-batches; returns the sum of
@@ -145,8 +126,8 @@ def forward_backward(model: torch.nn.Module, micro_batches: Iterator[dict[str, A
     for i, batch in enumerate(micro_batches):
         if fsdp:
             model.set_requires_gradient_sync(reduce_every_micro_batch or i == n_micro - 1)
-        batch = _to_device(batch, device)
-        with _autocast(device):
+        batch = accelerator.to_device(batch, device)
+        with accelerator.autocast(device):
             out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
                         doc_ids=batch["doc_ids"], position_ids=batch["position_ids"])
         (out.loss / n_micro).backward()
@@ -178,8 +159,8 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, Any]], device: torc
     for j in range(rounds):
         index = j * ddp.world_size + ddp.rank
         weight = 1.0 if index < len(batches) else 0.0
-        batch = _to_device(batches[min(index, len(batches) - 1)], device)
-        with _autocast(device):
+        batch = accelerator.to_device(batches[min(index, len(batches) - 1)], device)
+        with accelerator.autocast(device):
             out = model(batch["input_ids"], images=batch["images"], doc_ids=batch["doc_ids"],
                         position_ids=batch["position_ids"])
         logits = out.logits.float()
@@ -225,9 +206,7 @@ def build_model(config: TrainConfig, device: torch.device):
                 compile=config.compile)
     if meta:
         model.to_empty(device=device)
-        torch.manual_seed(config.seed)
-        model.init_weights()
-        init_parametrized(model)
+        init_sharded(model, config.seed)  # each parameter drawn whole, this rank's shard kept
     return model, mcfg
 
 
@@ -325,8 +304,7 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
     micro, my_lanes = _lanes_of(config, ddp)
     n_lanes = config.batch_size // micro
     device = ddp.device(device_type)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    accelerator.configure(device)  # the process's GPU, TF32 for fp32 matmuls
     mcfg = model_config(config)
     counts = param_counts(mcfg)
     seq_len = config.data.seq_len
@@ -388,7 +366,7 @@ def _restore(ckpt: dict[str, Any], lanes: dict[int, PackedStream], ddp: Dist, n_
     for i, stream in lanes.items():
         stream.load_state_dict(ckpt["lanes"][str(i)])
     if len(ckpt["rng"]) == ddp.world_size:  # RNG streams are per rank: only the same world size continues them
-        set_rng_state(ckpt["rng"][ddp.rank])
+        accelerator.set_rng_state(ckpt["rng"][ddp.rank])
 
 
 def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, state, ddp: Dist,

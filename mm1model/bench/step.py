@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mm1model import accelerator
 from mm1model.config import ConfigError
 from mm1model.data import DataConfig
 from mm1model.tokens import IGNORE_INDEX, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIAL_TOKENS
@@ -84,8 +85,7 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
     device_type = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ddp = init_distributed(device_type)
     dev = ddp.device(device_type)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+    accelerator.configure(dev)
     single_fsdp = fsdp and ddp.world_size == 1
     # With several ranks build_model's parallelize compiles and shards; in one process the bench
     # calls parallelize itself, to choose the compile backend and shard a world of one.
@@ -158,11 +158,11 @@ def _time_steps(model, mcfg, config, dev: torch.device, ddp, batch_size: int, se
     for _ in range(warmup):
         step()
     if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+        accelerator.synchronize(dev)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+        accelerator.synchronize(dev)
     return {"step_s": (time.perf_counter() - start) / steps, "micro_batch_size": micro,
             "images_per_seq": images_per_seq}
