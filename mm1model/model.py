@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm1model.config import ConfigError
-from mm1model.loss import linear_cross_entropy, lm_loss
+from mm1model.loss import linear_cross_entropy, lm_loss, row_cross_entropy
 from mm1model.masks import BlockMask, Mask, attend_flex, attend_spans, document_mask
 from mm1model.tokens import IMAGE_ID
 
@@ -506,6 +506,8 @@ class MM1Output:
     loss: torch.Tensor | None = None
     ce_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
+    row_ce_sum: torch.Tensor | None = None  # (B,) summed cross-entropy per row (``per_row``)
+    row_tokens: torch.Tensor | None = None  # (B,) labelled positions per row (``per_row``)
 
 
 def check_image_placeholders(input_ids: torch.Tensor, n_images: int, tokens_per_image: int) -> None:
@@ -538,7 +540,9 @@ class MM1(nn.Module):
     loss is taken. ``doc_ids`` (B, T) restrict attention to the same document; ``position_ids``
     (B, T) restart at 0 per document. None means one document with positions 0..T-1. With
     ``labels`` the loss comes from the fused chunked head (:mod:`mm1model.loss`) and ``logits`` is
-    None, unless ``return_logits``; without labels the logits are returned.
+    None, unless ``return_logits``; without labels the logits are returned. ``per_row`` (with
+    labels, for evaluation) gives each row's summed cross-entropy and labelled-token count instead
+    of the mean, from the same chunked head.
     """
 
     def __init__(self, config: MM1Config):
@@ -618,7 +622,8 @@ class MM1(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None,
                 labels: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, return_logits: bool = False) -> MM1Output:
+                position_ids: torch.Tensor | None = None, return_logits: bool = False,
+                per_row: bool = False) -> MM1Output:
         b, t = input_ids.shape
         x = self.lm.embed(input_ids)  # (B, T, C)
         placeholders = input_ids == IMAGE_ID  # (B, T)
@@ -643,5 +648,8 @@ class MM1(nn.Module):
         if return_logits:
             logits = self.lm.output(features)
             return MM1Output(logits, *lm_loss(logits, labels, self.config.lm.z_loss))
+        if per_row:  # evaluation: cross-entropy sums per row (per source), still without (B, T, V) logits
+            sums, counts = row_cross_entropy(features, self.lm.output.weight, labels)
+            return MM1Output(None, row_ce_sum=sums, row_tokens=counts)
         # Training: the head and its loss in one chunked pass, no (B, T, V) logits (mm1model.loss).
         return MM1Output(None, *linear_cross_entropy(features, self.lm.output.weight, labels, self.config.lm.z_loss))

@@ -62,7 +62,6 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from mm1model import accelerator, records
 from mm1model.checkpoint import Checkpointer, Preemption, checkpoint_paths, load_checkpoint
@@ -73,7 +72,6 @@ from mm1model.distributed import Dist, init_distributed
 from mm1model.model import MM1
 from mm1model.parallelize import init_sharded, parallelize
 from mm1model.parametrization import init_parametrized, param_groups, set_group_lrs
-from mm1model.tokens import IGNORE_INDEX
 from mm1model.trackers import TensorBoardLog
 from mm1model.train_config import (FINAL_STATUSES, RECORD_KEYS, RESUMABLE_CHANGES, TrainConfig, TrainResult,
                                    load_config, lr_multiplier, model_config, resolve, torch_weight_decay)
@@ -151,7 +149,9 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, Any]], device: torc
     """Mean validation cross-entropy (nats per labelled token; no z-loss), overall and per source.
 
     Batches are dealt round-robin to ranks; every rank runs the same number of forwards (FSDP2
-    needs them collective), the spare ones with zero weight.
+    needs them collective), the spare ones with zero weight. The head and the cross-entropy run in
+    chunks (``per_row``): evaluation holds no (B, T, V) logits, so it needs less memory than a
+    training step and the planner's training estimate covers it.
     """
     model.eval()
     sums = torch.zeros(2, len(SOURCES), dtype=torch.float64)  # (loss sum, token count) per source
@@ -161,14 +161,10 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, Any]], device: torc
         weight = 1.0 if index < len(batches) else 0.0
         batch = accelerator.to_device(batches[min(index, len(batches) - 1)], device)
         with accelerator.autocast(device):
-            out = model(batch["input_ids"], images=batch["images"], doc_ids=batch["doc_ids"],
-                        position_ids=batch["position_ids"])
-        logits = out.logits.float()
-        ce = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX,
-                             reduction="none").view(batch["labels"].shape)  # (B, T)
-        mask = batch["labels"] != IGNORE_INDEX
-        per_row_loss = (ce * mask).sum(dim=1).double().cpu()
-        per_row_count = mask.sum(dim=1).double().cpu()
+            out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
+                        doc_ids=batch["doc_ids"], position_ids=batch["position_ids"], per_row=True)
+        per_row_loss = out.row_ce_sum.double().cpu()  # (B,)
+        per_row_count = out.row_tokens.double().cpu()
         source = batch["source"].cpu()
         sums[0].index_add_(0, source, per_row_loss * weight)
         sums[1].index_add_(0, source, per_row_count * weight)

@@ -309,3 +309,19 @@ def test_model_loss_is_the_same_with_and_without_logits():
     torch.testing.assert_close(fused.loss, full.loss)
     for a, p in zip(grads, model.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_row_cross_entropy_equals_the_full_logits_per_row():
+    """Evaluation's chunked per-row loss: the sums and counts F.cross_entropy on full logits gives."""
+    from mm1model.loss import row_cross_entropy
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(3, 17, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
+    labels = torch.randint(0, 50, (3, 17))
+    labels[0, :5] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX  # a row with nothing to score
+    sums, counts = row_cross_entropy(hidden.float(), weight.float(), labels, rows=4)
+    full = F.cross_entropy((hidden @ weight.t()).flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="none").view(3, 17).sum(dim=1)
+    torch.testing.assert_close(sums.double(), full, rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == [12, 17, 0]
