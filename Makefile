@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup corpus demo figures transfer test slurm-up slurm-down clean
+.PHONY: setup corpus demo check-demo figures transfer test slurm-up slurm-down clean
 
 DEMO := runs/demo
 TRANSFER := runs/transfer
@@ -33,6 +33,10 @@ demo: corpus
 	$(BIN)/scaling fit $(DEMO) --reference mm1 --out $(DEMO)/fit
 	$(BIN)/scaling launch --size 30B --fit $(DEMO)/fit/fit.json --dry-run
 	$(BIN)/scaling summary $(DEMO) --fit $(DEMO)/fit
+
+# The README's demo table against a fresh demo's fit: every row must be what the code gives now.
+check-demo: demo
+	$(BIN)/python scripts/check-demo-numbers.py $(DEMO)/fit/fit.json README.md
 
 # The README's figures, redrawn from the demo's fit (run `make demo` first).
 figures: setup

@@ -14,6 +14,11 @@ Memory model (bytes per device; P = parameters, W = ranks, b = micro-batch, T = 
   (the current one and the prefetched one) and one block's unsharded gradients and their fp32
   reduce-scatter input. On one device with bf16 autocast, autocast caches a bf16 copy of every
   weight (2P) instead.
+* Evaluation needs less than a training step: it runs the same forward without saving
+  activations and computes its loss from the chunked head (no (B, T, V) logits), so the training
+  estimate covers it. Gradients are reduce-scattered after every micro-batch (the trainer's
+  default), so only their shard stays; ``reduce_every_micro_batch=False`` adds the unsharded fp32
+  gradients FSDP2 holds between micro-batches.
 * Activations saved for backward, counted tensor by tensor from ``mm1model.model`` (see
   :func:`lm_layer_bytes`, :func:`image_bytes`, :func:`head_bytes`). With activation
   checkpointing only each block's input is kept, plus one block's activations while it is
