@@ -217,7 +217,7 @@ def test_schedule_keeps_group_factors_and_checkpoint_round_trip(tmp_path):
     opt2 = _optimizer(second)
     for group in opt2.param_groups:  # a wrong factor is overwritten by the saved one
         group["lr_mult"] = 7.0
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     set_state_dict(second, opt2, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
     assert sorted(g["lr_mult"] for g in opt2.param_groups) == [0.5, 1.0, 1.0]
@@ -272,7 +272,7 @@ _FSDP_SCRIPT = textwrap.dedent('''
         torch.save({"model": msd, "optimizer": osd}, sys.argv[1])
     dist.barrier()
     model, opt = build(1)
-    ckpt = torch.load(sys.argv[1], weights_only=False)
+    ckpt = torch.load(sys.argv[1], weights_only=True)
     set_state_dict(model, opt, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
     steps(model, opt, range(2, 4), losses)
