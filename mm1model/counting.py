@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mm1model.model import ConnectorConfig, LMConfig, MM1Config, ViTConfig
+from mm1model.model import LMConfig, MM1Config
+from mm1model.vision import ConnectorConfig, ViTConfig
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from mm1model import paper
 from mm1model.config import ConfigError
 from mm1model.counting import param_counts
-from mm1model.model import ConnectorConfig, LMConfig, MM1Config, ViTConfig
+from mm1model.model import LMConfig, MM1Config
+from mm1model.vision import ConnectorConfig, ViTConfig
 from mm1model.tokens import CORPUS_VOCAB_SIZE
 
 PAPER_VOCAB_SIZE = 32000  # LLaMA / Mistral tokenizer; MM1 does not publish its vocabulary

@@ -41,7 +41,8 @@ from typing import Any
 
 from mm1model import paper
 from mm1model.config import ConfigError
-from mm1model.model import MM1Config
+from mm1model.model import Block, MM1Config
+from mm1model.vision import ViTBlock
 from mm1model.paper import GPU_MEMORY_GB, GPU_PEAK_FLOPS
 
 GB = 1e9
@@ -262,7 +263,6 @@ def _block_params(cfg: MM1Config) -> tuple[int, int, int]:
     import torch
 
     from mm1model.counting import param_counts
-    from mm1model.model import Block, ViTBlock
 
     with torch.device("meta"):
         lm_block = sum(p.numel() for p in Block(cfg.lm).parameters())

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from mm1model.config import ConfigError, from_dict, replace, to_dict
 from mm1model.loss import linear_cross_entropy, lm_loss
 from mm1model.masks import doc_attention_mask
-from mm1model.model import MM1, ConnectorConfig, LMConfig, MM1Config, ViTConfig, decompose, interpolate_pos_embed
+from mm1model.model import MM1, LMConfig, MM1Config
+from mm1model.vision import ConnectorConfig, ViTConfig, decompose, interpolate_pos_embed
 from mm1model.sizes import get_size
 from mm1model.tokens import IGNORE_INDEX, IMAGE_ID
 

@@ -18,6 +18,14 @@ import json
 import sys
 
 from mm1model import paper
+from mm1model.bench.compare import (
+    CPU_SIZES,
+    DOC_MASK_SEQ_LENS,
+    compare,
+    format_comparison,
+    to_record,
+)
+from mm1model.bench.gpu import GPU_SIZES, format_record, gpu_bench
 from mm1model.bench.step import bench, synthetic_batch
 from mm1model.config import ConfigError
 
@@ -92,7 +100,6 @@ def _size(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from mm1model.bench.compare import CPU_SIZES, DOC_MASK_SEQ_LENS, compare, format_comparison, to_record
 
     echo = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (lambda line: print(line, flush=True))
     results = compare(sizes=args.sizes or CPU_SIZES, seq_lens=args.seq_lens or DOC_MASK_SEQ_LENS,
@@ -108,7 +115,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _gpu(args: argparse.Namespace) -> int:
-    from mm1model.bench.gpu import GPU_SIZES, format_record, gpu_bench
 
     modes = {"eager": False, "compiled": True}
     unknown = [m for m in args.compile_modes if m not in modes]

@@ -34,7 +34,20 @@ from typing import Any, Callable
 import torch
 
 from mm1model import paper
+from mm1model.bench.step import BENCH_LR, synthetic_batch
 from mm1model.config import ConfigError
+from mm1model.data import DataConfig, PackedStream
+from mm1model.loss import linear_cross_entropy
+from mm1model.model import MM1
+from mm1model.sizes import get_size
+from mm1model.train import (
+    TrainConfig,
+    build_model,
+    clip_gradients,
+    forward_backward,
+    resolve,
+)
+from mm1model.train_config import OptimizerConfig
 
 CPU_SIZES = ("100K", "300K", "1M", "3M")
 DOC_MASK_SEQ_LENS = (512, 1024, 2048)
@@ -132,7 +145,6 @@ def initialised_lm(mcfg, seed: int = 0) -> torch.nn.Module:
     embeddings, scaled residual projections). torch's default module init would be unfair to
     it: N(0, 1) tied embeddings saturate the softmax, and the tiny gradients that follow are
     denormal floats, which are slow on CPU in every matmul and in AdamW."""
-    from mm1model.model import MM1
 
     torch.manual_seed(seed)
     return MM1(mcfg).lm.train()
@@ -140,8 +152,6 @@ def initialised_lm(mcfg, seed: int = 0) -> torch.nn.Module:
 
 def lm_contenders(size: str, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, Callable[[], None]]:
     """Training-step closures of our LM and of HF's Llama of the same shape on the same batch."""
-    from mm1model.loss import linear_cross_entropy
-    from mm1model.sizes import get_size
 
     mcfg = get_size(size)
     cfg = mcfg.lm
@@ -189,11 +199,6 @@ def compare_lm(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int 
 
 def compare_mm1(size: str, batch_size: int = 8, seq_len: int = 128, repeats: int = 5, calls: int = 2) -> Comparison:
     """``mm1_step/SIZE``: the trainer's full MM1 step with images against our LM step alone."""
-    from mm1model.bench.step import BENCH_LR, synthetic_batch
-    from mm1model.data import DataConfig
-    from mm1model.loss import linear_cross_entropy
-    from mm1model.train import TrainConfig, build_model, clip_gradients, forward_backward, resolve
-    from mm1model.train_config import OptimizerConfig
 
     load = _load()
     config = resolve(TrainConfig(size=size, data=DataConfig(seq_len=seq_len), batch_size=batch_size,
@@ -238,10 +243,6 @@ def packed_doc_ids(seq_len: int, batch_size: int, size: str = "1M",
     """(doc_ids, position_ids) (B, T) of the first ``batch_size`` packed training rows at
     ``seq_len`` of the bundled corpus, as the trainer packs them for ``size`` (its image tokens
     and resolution): the mixture's real document lengths."""
-    from mm1model.bench.step import BENCH_LR
-    from mm1model.data import DataConfig, PackedStream
-    from mm1model.train import TrainConfig, resolve
-    from mm1model.train_config import OptimizerConfig
 
     data = DataConfig(corpus=corpus, seq_len=seq_len, seed=0)
     data = resolve(TrainConfig(size=size, data=data, optimizer=OptimizerConfig(lr=BENCH_LR, warmup_steps=0))).data
@@ -252,7 +253,6 @@ def packed_doc_ids(seq_len: int, batch_size: int, size: str = "1M",
 def compare_doc_mask(seq_len: int, batch_size: int = 4, size: str = "1M", repeats: int = 5, calls: int = 2,
                      corpus: str | None = None) -> Comparison:
     """``doc_mask/T``: an attention layer on packed documents against plain causal attention."""
-    from mm1model.sizes import get_size
 
     load = _load()
     doc_ids, position_ids = packed_doc_ids(seq_len, batch_size, size, corpus)

@@ -22,9 +22,27 @@ import torch
 
 from mm1model import accelerator
 from mm1model.config import ConfigError
+from mm1model.counting import flops_per_token, image_flops, param_counts
 from mm1model.data import DataConfig
-from mm1model.tokens import IGNORE_INDEX, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIAL_TOKENS
-
+from mm1model.parallelize import parallelize
+from mm1model.tokens import (
+    IGNORE_INDEX,
+    IMAGE_END_ID,
+    IMAGE_ID,
+    IMAGE_START_ID,
+    SPECIAL_TOKENS,
+)
+from mm1model.train import (
+    TrainConfig,
+    build_model,
+    build_optimizer,
+    clip_gradients,
+    forward_backward,
+    init_distributed,
+    peak_flops_per_s,
+    resolve,
+)
+from mm1model.train_config import OptimizerConfig
 
 # The peak LR of a benchmarked step: what a step costs does not depend on it.
 BENCH_LR = 1e-3
@@ -68,10 +86,6 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
     """
     import torch.distributed as dist
 
-    from mm1model.counting import flops_per_token, image_flops, param_counts
-    from mm1model.parallelize import parallelize
-    from mm1model.train import TrainConfig, build_model, init_distributed, peak_flops_per_s, resolve
-    from mm1model.train_config import OptimizerConfig
 
     if steps < 1 or warmup < 0:
         raise ConfigError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
@@ -130,7 +144,6 @@ def bench(size: str, seq_len: int, batch_size: int = 8, micro_batch_size: int | 
 
 def _time_steps(model, mcfg, config, dev: torch.device, ddp, batch_size: int, seq_len: int,
                 micro_batch_size: int | None, steps: int, warmup: int, images_per_seq: int | None) -> dict[str, Any]:
-    from mm1model.train import build_optimizer, clip_gradients, forward_backward
 
     optimizer = build_optimizer(model, config)
     per_rank = batch_size // ddp.world_size
