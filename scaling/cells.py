@@ -25,7 +25,6 @@ runs the cell again. :func:`prune_checkpoints` frees the disk of a final cell.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import math
@@ -48,8 +47,8 @@ from mm1model.checkpoint import PREEMPTION_SIGNALS, Preempted, checkpoint_dir, c
 from mm1model.config import ConfigError, from_dict
 from mm1model.train import train
 from mm1model.train_config import TrainConfig
-from scaling.executors import (describe_exit, export_distributed_environment, format_gb, job_environment,
-                               last_traceback_line, signal_name)
+from scaling.executors import (describe_exit, die_with_parent, export_distributed_environment, format_gb,
+                               job_environment, last_traceback_line, peak_rss_bytes, signal_name, wait_child)
 
 FINAL = ("ok", "diverged")
 # A lock written on another host cannot be checked by pid; its owner touches it this often, and
@@ -362,17 +361,6 @@ def cell_state(path: Path) -> CellState:
 
 
 # ------------------------------------------------------------------------------------ the job
-def peak_rss_bytes(pid: int) -> int | None:
-    """The peak resident memory of a live process (VmHWM), None when it cannot be read."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 class _Book:
     """The attempts of a cell as this job keeps them: every change of the current attempt is
     written at once, under one lock (the heartbeat thread and a signal handler write too)."""
@@ -493,12 +481,15 @@ class CellJob(submitit.helpers.Checkpointable):
         book.update(trainer_pid=child)
         threading.Thread(target=_heartbeat, args=(path / "lock", stop, book, child), daemon=True).start()
         try:
-            status, rss = _wait(child)
+            status, rss = wait_child(child)
         finally:
             self._child = None
         with os.fdopen(read_end) as pipe:
             said = pipe.read()
-        report = json.loads(said) if said.strip() else {}
+        try:
+            report = json.loads(said) if said.strip() else {}
+        except ValueError:  # the trainer died while it reported
+            report = {}
         if os.WIFSIGNALED(status):
             return "failed", describe_exit(signum=os.WTERMSIG(status), peak_rss_bytes=rss), rss
         if report.get("status") == "preempted":
@@ -513,7 +504,7 @@ class CellJob(submitit.helpers.Checkpointable):
         """The forked trainer: train, tell the job how it went through ``report_fd``, exit."""
         code, report = 1, {}
         try:
-            _die_with(parent)
+            die_with_parent(parent)
             # the trainer hands a preemption signal to the handler before its own: here the
             # default, so it exits after its checkpoint and the job (which got the signal too,
             # or forwards it) requeues
@@ -572,7 +563,7 @@ class CellJob(submitit.helpers.Checkpointable):
                 os.kill(child, PREEMPT_SIGNAL)
             except ProcessLookupError:
                 pass
-            _, rss = _wait(child)
+            _, rss = wait_child(child)
             self._child = None
         if self._book is not None:
             fields = {"outcome": "preempted", "error": cause, "finished_at": time.time()}
@@ -586,26 +577,6 @@ class CellJob(submitit.helpers.Checkpointable):
                 write_record(path / "attempts.json", attempts)
         release_lock(path)
         return submitit.helpers.DelayedSubmission(self, cell_dir)
-
-
-def _wait(pid: int) -> tuple[int, int | None]:
-    """Wait for child ``pid``: its wait status and peak RSS in bytes (the kernel's count)."""
-    try:
-        _, status, usage = os.wait4(pid, 0)
-    except ChildProcessError:  # reaped already (by checkpoint(), in a signal handler)
-        return 0, None
-    return status, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
-
-
-def _die_with(parent: int) -> None:
-    """Make this process die with its parent (Linux prctl PR_SET_PDEATHSIG): a trainer must not
-    outlive the job that holds its cell's lock."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def _heartbeat(lock: Path, stop: threading.Event, book: _Book | None, child: int | None) -> None:

@@ -14,10 +14,12 @@ job's processes find each other.
   RANK, WORLD_SIZE, LOCAL_RANK), one path for sweep cells (:class:`scaling.cells.CellJob`) and
   launches (:class:`scaling.launch.TrainJob`). A local job's tasks meet on the loopback address.
 * :func:`describe_exit` and :func:`job_failure`: why a process or a job ended, in the words
-  ``attempts.json`` records (exit code, signal, peak memory, the exception's last line, timeout).
+  ``attempts.json`` records (exit code, signal, peak memory, the exception's last line, timeout);
+  :func:`wait_child` (exit status and peak RSS of a child), :func:`peak_rss_bytes` of a live one.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -188,6 +190,38 @@ def export_distributed_environment() -> submitit.helpers.TorchDistributedEnviron
         for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
             os.environ.setdefault(key, "lo")
     return exported
+
+
+# ---------------------------------------------------------------------------------------- processes
+def peak_rss_bytes(pid: int) -> int | None:
+    """The peak resident memory of a live process (VmHWM), None when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def wait_child(pid: int) -> tuple[int, int | None]:
+    """Wait for child ``pid``: its wait status and peak RSS in bytes (the kernel's count)."""
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:  # reaped already, by a signal handler of this process
+        return 0, None
+    return status, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process die with its parent (Linux prctl PR_SET_PDEATHSIG): a trainer must not
+    outlive the job that holds its cell's lock."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------- exits

@@ -23,6 +23,7 @@ import dataclasses
 import io
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,7 +31,7 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError
-from scaling.cells import (DAMAGED_DIR, CellState, DamagedRecord, cell_state, parse_cell_name, read_attempts,
+from scaling.cells import (DAMAGED_DIR, FINAL, CellState, DamagedRecord, cell_state, parse_cell_name, read_attempts,
                            read_record, read_result)
 
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
@@ -39,6 +40,9 @@ SETTLED = ("ok", "diverged", "failed")
 # What a refusal of mixed parametrizations suggests instead.
 SIDE_BY_SIDE = "(`scaling compare` sets them side by side)"
 LOG = logging.getLogger(__name__)
+# What to do about an unreadable sweep.json.
+REBUILD_SWEEP_JSON = ("restore it, or move it aside and rerun `scaling sweep` with the same settings to write "
+                      "a new one (finished cells are kept)")
 Warn = Callable[[str], None]
 
 
@@ -214,11 +218,7 @@ def read_sweep_meta(sweep_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json)") from None
     except DamagedRecord as err:
-        raise ConfigError(f"{err}: restore it, or move it aside and rerun `scaling sweep` with the same "
-                          "settings to write a new one (finished cells are kept)") from None
-    if not isinstance(meta.get("sizes"), dict) or not isinstance(meta.get("train"), dict):
-        raise ConfigError(f"{sweep_dir / 'sweep.json'} cannot be read (it lacks sizes or train): restore it, or "
-                          "move it aside and rerun `scaling sweep` with the same settings to write a new one")
+        raise ConfigError(f"{err}: {REBUILD_SWEEP_JSON}") from None
     return meta
 
 
@@ -337,6 +337,58 @@ def sweep_status(sweep_dir: str | Path, warn: Warn | None = None) -> list[SizeSt
     live process holds its lock.
     """
     return size_status(cell_states(sweep_dir, warn))
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path`` (symbolic links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # removed while we walked (a pruned checkpoint)
+                continue
+    return total
+
+
+def format_bytes(n_bytes: float) -> str:
+    """``86.2 MB``: decimal units (kB = 1000 B), three significant digits."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n_bytes) < 1000 or unit == "TB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m20s``, ``2h05m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+LEFT = ("running", "pending", "interrupted", "damaged")
+
+
+def sweep_eta(states: list[CellState], parallel: int) -> tuple[float | None, int]:
+    """(seconds until every cell left is done, cells left): each cell left (running, pending,
+    interrupted, damaged) takes the mean wall time of its size's finished cells (of all finished
+    cells when its size has none), ``parallel`` at a time. None while no cell has finished."""
+    left = [st for st in states if st.status in LEFT]
+    walls: dict[str, list[float]] = {}
+    for st in states:
+        if st.status in FINAL and st.wall_s is not None:
+            walls.setdefault(st.size, []).append(float(st.wall_s))
+    every = [w for ws in walls.values() for w in ws]
+    if not left:
+        return 0.0, 0
+    if not every:
+        return None, len(left)
+    work = sum(sum(walls.get(st.size, every)) / len(walls.get(st.size, every)) for st in left)
+    return work / max(1, min(parallel, len(left))), len(left)
 
 
 def format_status(rows: list[SizeStatus]) -> str:

@@ -41,8 +41,9 @@ from mm1model.config import ConfigError, to_dict
 from scaling import cells
 from scaling.executors import check_slurm, job_failure, make_executor
 from scaling.launch import format_status as format_launch_status, launch_status
-from scaling.runs import (SizeStatus, cell_states, collect_runs, format_status, rank_key, read_sweep_meta,
-                          size_status, sweep_status, write_runs)
+from scaling.runs import (LEFT, REBUILD_SWEEP_JSON, SizeStatus, cell_states, collect_runs, disk_bytes, format_bytes,
+                          format_duration, format_status, rank_key, read_sweep_meta, size_status, sweep_eta,
+                          sweep_status, write_runs)
 from scaling.sweep_plan import (SweepConfig, SweepPlan, cell_train, describe_plan, executor_parameters,
                                 load_sweep_config, plan_sweep, round_lr, sweep_arms)
 
@@ -66,6 +67,8 @@ def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
     """Create or update DIR/sweep.json and the cell directories; return sweep.json's content."""
     path = plan.out / "sweep.json"
     meta = read_sweep_meta(plan.out) if path.exists() else None
+    if meta is not None and not (isinstance(meta.get("train"), dict) and isinstance(meta.get("sizes"), dict)):
+        raise ConfigError(f"{path} cannot be read (it lacks train or sizes): {REBUILD_SWEEP_JSON}")
     if meta is not None:
         old, new = _meta_train_key(meta["train"]), _meta_train_key(json.loads(records.dumps(plan.train)))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -458,58 +461,6 @@ def run_sweeps(config_path: str | Path | None, arms: tuple[str, ...] | None = No
         return SweepsResult(plans=plans, sweeps=[], dry_run=True)
     sweeps = [run_sweep(plan, wait=not no_wait, echo=echo, keep_checkpoints=keep_checkpoints) for plan in plans]
     return SweepsResult(plans=plans, sweeps=sweeps, waited=not no_wait)
-
-
-def disk_bytes(path: str | Path) -> int:
-    """Bytes of every file under ``path`` (symbolic links not followed)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:  # removed while we walked (a pruned checkpoint)
-                continue
-    return total
-
-
-def format_bytes(n_bytes: float) -> str:
-    """``86.2 MB``: decimal units (kB = 1000 B), three significant digits."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n_bytes) < 1000 or unit == "TB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.3g} {unit}"
-        n_bytes /= 1000
-    raise AssertionError("unreachable")
-
-
-def format_duration(seconds: float) -> str:
-    """``45s``, ``3m20s``, ``2h05m``."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-LEFT = ("running", "pending", "interrupted", "damaged")
-
-
-def sweep_eta(states: list[cells.CellState], parallel: int) -> tuple[float | None, int]:
-    """(seconds until every cell left is done, cells left): each cell left (running, pending,
-    interrupted, damaged) takes the mean wall time of its size's finished cells (of all finished
-    cells when its size has none), ``parallel`` at a time. None while no cell has finished."""
-    left = [st for st in states if st.status in LEFT]
-    walls: dict[str, list[float]] = {}
-    for st in states:
-        if st.status in cells.FINAL and st.wall_s is not None:
-            walls.setdefault(st.size, []).append(float(st.wall_s))
-    every = [w for ws in walls.values() for w in ws]
-    if not left:
-        return 0.0, 0
-    if not every:
-        return None, len(left)
-    work = sum(sum(walls.get(st.size, every)) / len(walls.get(st.size, every)) for st in left)
-    return work / max(1, min(parallel, len(left))), len(left)
 
 
 @dataclasses.dataclass
