@@ -12,17 +12,24 @@ job's processes find each other.
   :func:`load_slurm_env_file` applies.
 * :func:`export_distributed_environment`: the rendezvous of a multi-task job (MASTER_ADDR/PORT,
   RANK, WORLD_SIZE, LOCAL_RANK), one path for sweep cells (:class:`scaling.cells.CellJob`) and
-  launches (:class:`scaling.launch.TrainJob`).
+  launches (:class:`scaling.launch.TrainJob`). A local job's tasks meet on the loopback address.
+* :func:`describe_exit` and :func:`job_failure`: why a process or a job ended, in the words
+  ``attempts.json`` records (exit code, signal, peak memory, the exception's last line, timeout);
+  :func:`wait_child` (exit status and peak RSS of a child), :func:`peak_rss_bytes` of a live one.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+from submitit.core.utils import FailedJobError
 
 from mm1model.config import ConfigError
 
@@ -32,6 +39,8 @@ EXECUTORS = ("local", "slurm", "debug")
 LOCAL_PARAMETERS = ("gpus_per_node", "nodes", "setup", "signal_delay_s", "stderr_to_stdout", "tasks_per_node",
                     "timeout_min", "visible_gpus")
 SLURM_HINT = "use --dry-run to see the plan, or --executor local to run here"
+# The address the tasks of a local (one-machine) job meet on: nothing outside the machine needs to reach them.
+LOOPBACK = "127.0.0.1"
 # Where scripts/slurm-start.sh writes its cluster (conf, state, env.sh) unless SLURM_PREFIX says otherwise.
 DEFAULT_SLURM_PREFIX = "/tmp/mm1-slurm"
 
@@ -167,5 +176,167 @@ def export_distributed_environment() -> submitit.helpers.TorchDistributedEnviron
     node's GPUs and trains on ``cuda:LOCAL_RANK`` (:func:`mm1model.distributed.task_device`).
     submitit's default would narrow it to one GPU per task, and local ranks 1-7 would ask for a
     device they cannot see. ``overwrite``: the job's own values replace any the task inherited
-    from the process that submitted it."""
-    return submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    from the process that submitted it.
+
+    A local job (every task on this machine) meets on :data:`LOOPBACK` rather than on this host's
+    name, which may resolve to an address other machines can reach; gloo and NCCL are pointed at
+    the loopback interface too (unless GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME are set)."""
+    env = submitit.helpers.TorchDistributedEnvironment()
+    local = submitit.JobEnvironment().cluster == "local"
+    if local:
+        env.master_addr = LOOPBACK
+    exported = env.export(set_cuda_visible_devices=False, overwrite=True)
+    if local and Path("/sys/class/net/lo").exists():
+        for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            os.environ.setdefault(key, "lo")
+    return exported
+
+
+# ---------------------------------------------------------------------------------------- processes
+def peak_rss_bytes(pid: int) -> int | None:
+    """The peak resident memory of a live process (VmHWM), None when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def wait_child(pid: int) -> tuple[int, int | None]:
+    """Wait for child ``pid``: its wait status and peak RSS in bytes (the kernel's count)."""
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:  # reaped already, by a signal handler of this process
+        return 0, None
+    return status, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process die with its parent (Linux prctl PR_SET_PDEATHSIG): a trainer must not
+    outlive the job that holds its cell's lock."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+# ---------------------------------------------------------------------------------------- exits
+def format_gb(n_bytes: float | None) -> str:
+    """Bytes as GB (10^9) to two decimals, ``unknown`` for None."""
+    return "unknown" if n_bytes is None else f"{n_bytes / 1e9:.2f} GB"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_exit(returncode: int | None = None, signum: int | None = None,
+                  peak_rss_bytes: float | None = None) -> str:
+    """Why a process ended, one line: ``exit code 3``, ``exit code 143 (128 + SIGTERM)``,
+    ``killed by SIGSEGV``, or for SIGKILL (what the kernel's OOM killer sends)
+    ``killed by SIGKILL, probably out of memory: peak RSS 1.23 GB``. ``peak_rss_bytes``: the
+    process's peak resident memory, where known."""
+    if signum is not None:
+        if signum == signal.SIGKILL:
+            return f"killed by SIGKILL, probably out of memory: peak RSS {format_gb(peak_rss_bytes)}"
+        return f"killed by {signal_name(signum)}"
+    if returncode is not None and returncode < 0:
+        return describe_exit(signum=-returncode, peak_rss_bytes=peak_rss_bytes)
+    if returncode is not None and returncode > 128 and signal_name(returncode - 128).startswith("SIG"):
+        return f"exit code {returncode} (128 + {signal_name(returncode - 128)})"
+    return f"exit code {returncode}"
+
+
+def parse_slurm_memory(text: str) -> float | None:
+    """sacct's MaxRSS (``123456K``, ``1.5G``, plain bytes) in bytes; None when empty."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    try:
+        if text[-1].upper() in units:
+            return float(text[:-1]) * units[text[-1].upper()]
+        return float(text)
+    except ValueError:
+        return None
+
+
+def slurm_accounting(job_id: str) -> dict[str, str]:
+    """What ``sacct`` says of a SLURM job: its ``State`` and, where accounting records them,
+    ``ExitCode`` and the largest ``MaxRSS`` over its steps. {} when sacct does not answer."""
+    try:
+        out = subprocess.run(["sacct", "-j", str(job_id), "-o", "JobID,State,ExitCode,MaxRSS", "--parsable2"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    lines = [line.split("|") for line in out.stdout.strip().splitlines()]
+    if out.returncode != 0 or len(lines) < 2:
+        return {}
+    header, rows = lines[0], [dict(zip(lines[0], row)) for row in lines[1:]]
+    main = next((r for r in rows if r.get("JobID") == str(job_id)), rows[0])
+    info = {key: main[key] for key in ("State", "ExitCode") if main.get(key)}
+    rss = [parse_slurm_memory(r.get("MaxRSS", "")) for r in rows]
+    rss = [r for r in rss if r is not None]
+    if "MaxRSS" in header and rss:
+        info["MaxRSS"] = str(max(rss))
+    return info
+
+
+def last_traceback_line(text: str) -> str | None:
+    """The last line of a traceback (``ValueError: bad thing``), or None for an empty one."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else None
+
+
+def raised_line(job: Any) -> str | None:
+    """The last traceback line of a finished submitit job whose callable raised, else None.
+    Reads the job's result file only when there is one (submitit would wait for it otherwise)."""
+    paths = getattr(job, "paths", None)
+    if paths is None or not paths.result_pickle.exists():
+        return None
+    try:
+        error = job.exception()
+    except Exception as err:  # noqa: BLE001 - an unreadable result is itself the answer
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    if not isinstance(error, FailedJobError):
+        return None
+    # submitit's message: a header, the trace between two lines of dashes, then where the logs are
+    blocks = re.split(r"\n-{10,}\n", str(error))
+    return last_traceback_line(blocks[1] if len(blocks) > 2 else str(error))
+
+
+def job_failure(job: Any, peak_rss_bytes: float | None = None) -> str:
+    """Why a submitit job ended without its callable recording an outcome, one line.
+
+    SLURM: sacct's state (``timed out`` for TIMEOUT, ``out of memory`` for OUT_OF_MEMORY), exit
+    code and MaxRSS. Any executor: the last line of the job's traceback when it raised.
+    ``peak_rss_bytes``: the peak memory the job recorded itself, used where sacct has none."""
+    parts = []
+    if isinstance(job, submitit.SlurmJob):
+        info = slurm_accounting(job.job_id)
+        state = info.get("State", "").split(" ")[0]
+        rss = parse_slurm_memory(info.get("MaxRSS", "")) or peak_rss_bytes
+        code, _, signum = info.get("ExitCode", "").partition(":")
+        if state == "TIMEOUT":
+            parts.append("timed out: the job reached its SLURM time limit")
+        elif state == "OUT_OF_MEMORY":
+            parts.append(f"killed by SLURM, out of memory: peak RSS {format_gb(rss)}")
+        elif signum.isdigit() and int(signum):
+            parts.append(f"SLURM state {state}, " + describe_exit(signum=int(signum), peak_rss_bytes=rss))
+        elif state:
+            parts.append(f"SLURM state {state}" + (f", exit code {code}" if code else ""))
+    raised = raised_line(job)
+    if raised is not None:
+        parts.append(raised)
+    if not parts:
+        parts.append("the job process died without a result")
+    if peak_rss_bytes is not None and "peak RSS" not in parts[-1]:
+        parts.append(f"peak RSS {format_gb(peak_rss_bytes)} when last recorded")
+    return "; ".join(parts)

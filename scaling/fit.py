@@ -40,9 +40,12 @@ def read_runs(inputs: Sequence[str | Path], n_convention: str = "non_embedding")
 
     Columns: ``params`` (N, > 0), ``lr`` (peak LR, > 0), ``loss`` (final validation loss) are
     required; ``size, tokens, batch_size, seed, status, steps, wall_s, path`` optional. A run with
-    status ``diverged`` or a non-finite/missing loss gets loss = +inf (worse than any finite
-    loss); status ``failed`` rows are not results and are left out. A missing column or a
-    non-positive lr/params is a ConfigError naming the file.
+    status ``diverged`` or a non-finite loss gets loss = +inf (worse than any finite loss);
+    status ``failed`` rows are not results and are left out. A missing column, a value that is
+    not a number (``6.98O``), an empty loss on a row whose status is not diverged or failed, or a
+    non-positive lr/params is a ConfigError naming the file, the row and the column
+    (:func:`clean_runs` with ``strict``). A sweep directory's damaged cells are left out with a
+    warning line (:func:`scaling.runs.collect_runs`).
     """
     check_n_convention(n_convention)
     if not inputs:
@@ -58,7 +61,7 @@ def read_runs(inputs: Sequence[str | Path], n_convention: str = "non_embedding")
             frame = read_runs_file(path)
         else:
             raise ConfigError(f"no such file or directory: {path}")
-        frames.append(clean_runs(frame, path))
+        frames.append(clean_runs(frame, path, strict=True))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -79,25 +82,70 @@ def _recount_total(frame: pd.DataFrame, where: Path) -> pd.DataFrame:
     return frame
 
 
+# Columns whose every value must be a number (or empty where a run has no result); loss and lr
+# are checked row by row, so a typo such as "6.98O" cannot turn a run into a diverged one.
+NUMERIC_COLUMNS = ("loss", "lr", "params", "tokens")
+# Statuses of rows that carry no result: their loss (and any other number) may be empty.
+NO_RESULT_STATUSES = ("diverged", "failed")
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
     return "nothing" if pd.isna(value) else f"{float(value):g}"
 
 
-def clean_runs(frame: pd.DataFrame, where: str | Path = "runs table") -> pd.DataFrame:
-    """``frame`` checked and made ready to select from: a missing required column or a
-    non-positive value is a ConfigError naming ``where``; ``failed`` rows are left out; a diverged
-    or non-finite loss becomes +inf; tokens and batch size of 0 mean not recorded (NaN)."""
+def as_number(value: Any) -> float:
+    """A runs-table cell as a float: NaN when empty (None, NaN, a blank string); ValueError when
+    it is not a number (``'6.98O'``, a boolean, a list)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{value!r} is a boolean")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        return float(value) if value.strip() else math.nan
+    raise ValueError(f"{value!r} is a {type(value).__name__}")
+
+
+def clean_runs(frame: pd.DataFrame, where: str | Path = "runs table", strict: bool = False) -> pd.DataFrame:
+    """``frame`` checked and made ready to select from; a ConfigError naming ``where`` (and the
+    row, counted from 1 over the data rows, and the column) for: a missing required column, a
+    loss, lr, params or tokens value that is not a number (:func:`as_number`), a non-positive
+    lr or params, and with ``strict`` (tables read from files) an empty or NaN loss on a row
+    whose status is neither diverged nor failed (an ok run has a loss).
+
+    Then ``failed`` rows are left out; a diverged or non-finite loss becomes +inf (worse than
+    any finite loss); tokens and batch size of 0 mean not recorded (NaN)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"{where} lacks column(s) {', '.join(missing)}; required: "
                           f"{', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})")
-    frame = frame.copy()
+    frame = frame.copy().reset_index(drop=True)
     if "status" not in frame:
         frame["status"] = "ok"
     frame["status"] = frame["status"].fillna("ok").astype(str)
-    frame = frame[frame["status"] != "failed"].reset_index(drop=True)
+    for column in NUMERIC_COLUMNS:
+        if column not in frame:
+            continue
+        values = []
+        for row, value in enumerate(frame[column]):
+            try:
+                values.append(as_number(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where} row {row + 1}: {column} {value!r} is not a number") from None
+        frame[column] = pd.Series(values, index=frame.index, dtype=float)
+    if strict:
+        empty = frame["loss"].isna() & ~frame["status"].isin(NO_RESULT_STATUSES)
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise ConfigError(f"{where} row {row + 1}: loss is empty on a row with status "
+                              f"{frame['status'].iloc[row]!r}: an ok run has a loss (a run without one "
+                              f"says diverged or failed in the status column)")
+    rows = pd.Series(np.arange(1, len(frame) + 1), index=frame.index)
+    keep = frame["status"] != "failed"
+    frame, rows = frame[keep].reset_index(drop=True), rows[keep].reset_index(drop=True)
     for column in ("params", "lr", "tokens", "batch_size"):
         if column not in frame:
             continue
@@ -107,9 +155,10 @@ def clean_runs(frame: pd.DataFrame, where: str | Path = "runs table") -> pd.Data
         bad = ~(values > 0) & ~(values.isna() & (column in ("tokens", "batch_size")))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ConfigError(f"{where}: {column} must be positive, got {_shown(frame[column].iloc[row])} (row {row + 1})")
+            raise ConfigError(f"{where}: {column} must be positive, got {_shown(frame[column].iloc[row])} "
+                              f"(row {rows.iloc[row]})")
         frame[column] = values.astype(float)
-    loss = pd.to_numeric(frame["loss"], errors="coerce").astype(float)
+    loss = frame["loss"].astype(float)
     loss[~np.isfinite(loss) | (frame["status"] == "diverged")] = math.inf
     frame["loss"] = loss
     if "source_file" not in frame:

@@ -12,26 +12,49 @@ decide its status); :func:`trainer_runs_table` for any tree of trainer run direc
 :func:`read_runs_file` reads a table written by :func:`write_runs` (or by hand). A run's
 parametrization is named once, by :class:`Parametrization`, and :func:`single_parametrization`
 is the one refusal of a table that mixes them.
+
+Damage stays local: a cell or run directory whose files cannot be read is left out with one
+warning line naming the file (``warn``, default: this module's logger, which prints it on
+stderr), never an exception; an unreadable ``sweep.json`` is a ConfigError naming it.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError
-from scaling.cells import CellState, cell_state, read_attempts, read_result
+from scaling.cells import (DAMAGED_DIR, FINAL, CellState, DamagedRecord, cell_state, parse_cell_name, read_attempts,
+                           read_record, read_result)
 
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
                "wall_s", "path", "parametrization")
 SETTLED = ("ok", "diverged", "failed")
 # What a refusal of mixed parametrizations suggests instead.
 SIDE_BY_SIDE = "(`scaling compare` sets them side by side)"
+LOG = logging.getLogger(__name__)
+# What to do about an unreadable sweep.json.
+REBUILD_SWEEP_JSON = ("restore it, or move it aside and rerun `scaling sweep` with the same settings to write "
+                      "a new one (finished cells are kept)")
+Warn = Callable[[str], None]
+
+
+def warn_line(message: str) -> None:
+    """The default ``warn``: one ``warning: ...`` line on stderr (through this module's logger)."""
+    LOG.warning("warning: %s", message)
+
+
+def damage_warning(state: CellState) -> str:
+    """The warning line of a damaged cell: which files, why, and what the next sweep does."""
+    return (f"{'; '.join(state.damaged)}: cell left out; the next `scaling sweep` moves the file(s) into "
+            f"{state.path / DAMAGED_DIR}/ and runs the cell again")
 
 
 def rank_key(status: str, loss: float | None) -> float:
@@ -114,8 +137,7 @@ def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
     run_dir = Path(run_dir)
     result = read_result(run_dir) or {}
     if config is None:
-        config_path = run_dir / "config.json"
-        config = records.read_json(config_path) if config_path.exists() else {}
+        config = read_record(run_dir / "config.json", dict, {})
     planned = planned or {}
     params = result.get("params")
     if not isinstance(params, (int, float)):
@@ -141,21 +163,30 @@ def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
     }
 
 
-def trainer_runs_table(root: str | Path) -> pd.DataFrame:
+def trainer_runs_table(root: str | Path, warn: Warn | None = None) -> pd.DataFrame:
     """The runs table of a tree of trainer run directories: one :func:`run_row` per
-    ``result.json`` found below ``root``."""
+    ``result.json`` found below ``root`` (files moved into a ``damaged/`` folder are not runs; a
+    run whose files cannot be read is left out with a warning)."""
     root = Path(root)
-    rows = [run_row(path.parent) for path in sorted(root.rglob("result.json"))]
+    warn = warn or warn_line
+    rows = []
+    for path in sorted(root.rglob("result.json")):
+        if DAMAGED_DIR in path.relative_to(root).parts[:-1]:
+            continue
+        try:
+            rows.append(run_row(path.parent))
+        except DamagedRecord as err:
+            warn(f"{err}: run left out")
     if not rows:
         raise ConfigError(f"no runs under {root} (looked for */result.json)")
     return pd.DataFrame(rows)
 
 
-def read_runs_dir(path: str | Path) -> pd.DataFrame:
+def read_runs_dir(path: str | Path, warn: Warn | None = None) -> pd.DataFrame:
     """The runs table of a directory: a `scaling sweep` directory (it has sweep.json) by
     :func:`collect_runs`, any other by :func:`trainer_runs_table`."""
     path = Path(path)
-    return collect_runs(path) if (path / "sweep.json").exists() else trainer_runs_table(path)
+    return collect_runs(path, warn) if (path / "sweep.json").exists() else trainer_runs_table(path, warn)
 
 
 def read_runs_file(path: str | Path) -> pd.DataFrame:
@@ -176,46 +207,72 @@ def read_runs_file(path: str | Path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------- sweep directories
-def _sweep_meta(sweep_dir: Path) -> dict:
+def read_sweep_meta(sweep_dir: str | Path) -> dict[str, Any]:
+    """A sweep directory's ``sweep.json``; a ConfigError naming it when there is none or it
+    cannot be read (its cells are untouched)."""
+    sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"no sweep directory at {sweep_dir}")
     try:
-        return records.read_json(sweep_dir / "sweep.json")
+        meta = read_record(sweep_dir / "sweep.json")
     except FileNotFoundError:
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json)") from None
+    except DamagedRecord as err:
+        raise ConfigError(f"{err}: {REBUILD_SWEEP_JSON}") from None
+    return meta
+
+
+def _cell_key(path: Path, order: dict[str, int]) -> tuple:
+    try:
+        cell = read_record(path / "cell.json")
+        size, lr, seed = str(cell["size"]), float(cell["lr"]), int(cell["seed"])
+    except (DamagedRecord, FileNotFoundError, KeyError, TypeError, ValueError):
+        # a damaged cell.json: the directory's names say where the cell belongs
+        size, (lr, seed) = path.parent.name, parse_cell_name(path.name) or (math.inf, 0)
+    return order.get(size, len(order)), size, lr, seed
 
 
 def cell_dirs(sweep_dir: str | Path) -> list[Path]:
     """Every cell directory of a sweep, in a stable order (size as listed in sweep.json, lr, seed)."""
     sweep_dir = Path(sweep_dir)
-    meta = _sweep_meta(sweep_dir)
+    meta = read_sweep_meta(sweep_dir)
     order = {size: i for i, size in enumerate(meta.get("sizes", {}))}
     found = [p.parent for p in sweep_dir.glob("*/*/cell.json")]
-    states = {p: records.read_json(p / "cell.json") for p in found}
-    return sorted(found, key=lambda p: (order.get(states[p]["size"], len(order)), states[p]["size"],
-                                        float(states[p]["lr"]), int(states[p]["seed"])))
+    keys = {p: _cell_key(p, order) for p in found}
+    return sorted(found, key=lambda p: keys[p])
 
 
-def cell_states(sweep_dir: str | Path) -> list[CellState]:
-    return [cell_state(p) for p in cell_dirs(sweep_dir)]
+def cell_states(sweep_dir: str | Path, warn: Warn | None = None) -> list[CellState]:
+    """The state of every cell of a sweep; each damaged one is also named through ``warn``."""
+    states = [cell_state(p) for p in cell_dirs(sweep_dir)]
+    for state in states:
+        if state.status == "damaged":
+            (warn or warn_line)(damage_warning(state))
+    return states
 
 
-def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
+def collect_runs(sweep_dir: str | Path, warn: Warn | None = None) -> pd.DataFrame:
     """The runs table of a sweep: one :func:`run_row` per settled cell (ok, diverged or failed),
     its identity and status as the cell's own files say (a failed cell may have no result.json).
 
-    Cells still pending or running are left out; a rerun of the sweep fills them in.
+    Cells still pending or running are left out; a rerun of the sweep fills them in. So are
+    damaged cells, each named through ``warn``.
     """
     sweep_dir = Path(sweep_dir)
-    meta = _sweep_meta(sweep_dir)
+    meta = read_sweep_meta(sweep_dir)
     rows = []
-    for state in cell_states(sweep_dir):
+    for state in cell_states(sweep_dir, warn):
         if state.status not in SETTLED:
             continue
-        train = records.read_json(state.path / "cell.json")["train"]
-        row = run_row(state.path, train, planned=meta["sizes"].get(state.size, {}))
+        try:
+            train = read_record(state.path / "cell.json")["train"]
+            row = run_row(state.path, train, planned=meta["sizes"].get(state.size, {}))
+            attempts = read_attempts(state.path)
+        except (DamagedRecord, FileNotFoundError) as err:  # torn since cell_state read it
+            (warn or warn_line)(f"{err}: cell left out")
+            continue
         if row["wall_s"] is None:  # the trainer never finished: its attempts' time is the cost
-            row["wall_s"] = sum(a.get("wall_s") or 0.0 for a in read_attempts(state.path))
+            row["wall_s"] = sum(a.get("wall_s") or 0.0 for a in attempts)
         rows.append({**row, "size": state.size, "lr": state.lr, "seed": state.seed, "status": state.status,
                      "wall_s": float(row["wall_s"])})
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
@@ -237,7 +294,9 @@ def write_runs(frame: pd.DataFrame, out: str | Path) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class SizeStatus:
-    """Counts of one size's cells and its best LR so far (None until a cell finished ok)."""
+    """Counts of one size's cells and its best LR so far (None until a cell finished ok).
+    ``pending`` includes interrupted and damaged cells (a rerun runs them); ``damaged`` counts
+    the latter apart."""
 
     size: str
     total: int
@@ -248,29 +307,88 @@ class SizeStatus:
     pending: int
     best_lr: float | None
     best_loss: float | None
+    damaged: int = 0
 
 
-def sweep_status(sweep_dir: str | Path) -> list[SizeStatus]:
-    """Per size: cells done / running / failed / diverged / pending and the best LR so far.
-
-    ``pending`` includes interrupted cells (a rerun resumes them from their checkpoint).
-    Reads files only; a cell counts as running while a live process holds its lock.
-    """
+def size_status(states: list[CellState]) -> list[SizeStatus]:
+    """Per size, in the order of ``states``: the counts of :class:`SizeStatus` and the best LR."""
     by_size: dict[str, list[CellState]] = {}
-    for state in cell_states(sweep_dir):
+    for state in states:
         by_size.setdefault(state.size, []).append(state)
     out = []
-    for size, states in by_size.items():
-        count = {s: sum(1 for c in states if c.status == s) for s in
-                 ("ok", "running", "failed", "diverged", "pending", "interrupted")}
-        best = min(states, key=lambda c: rank_key(c.status, c.loss))
+    for size, group in by_size.items():
+        count = {s: sum(1 for c in group if c.status == s) for s in
+                 ("ok", "running", "failed", "diverged", "pending", "interrupted", "damaged")}
+        best = min(group, key=lambda c: rank_key(c.status, c.loss))
         has_best = math.isfinite(rank_key(best.status, best.loss))
-        out.append(SizeStatus(size=size, total=len(states), ok=count["ok"], running=count["running"],
+        out.append(SizeStatus(size=size, total=len(group), ok=count["ok"], running=count["running"],
                               failed=count["failed"], diverged=count["diverged"],
-                              pending=count["pending"] + count["interrupted"],
+                              pending=count["pending"] + count["interrupted"] + count["damaged"],
                               best_lr=best.lr if has_best else None,
-                              best_loss=best.loss if has_best else None))
+                              best_loss=best.loss if has_best else None, damaged=count["damaged"]))
     return out
+
+
+def sweep_status(sweep_dir: str | Path, warn: Warn | None = None) -> list[SizeStatus]:
+    """Per size: cells done / running / failed / diverged / pending and the best LR so far.
+
+    ``pending`` includes interrupted cells (a rerun resumes them from their checkpoint) and
+    damaged ones (named through ``warn``). Reads files only; a cell counts as running while a
+    live process holds its lock.
+    """
+    return size_status(cell_states(sweep_dir, warn))
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path`` (symbolic links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # removed while we walked (a pruned checkpoint)
+                continue
+    return total
+
+
+def format_bytes(n_bytes: float) -> str:
+    """``86.2 MB``: decimal units (kB = 1000 B), three significant digits."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n_bytes) < 1000 or unit == "TB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m20s``, ``2h05m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+LEFT = ("running", "pending", "interrupted", "damaged")
+
+
+def sweep_eta(states: list[CellState], parallel: int) -> tuple[float | None, int]:
+    """(seconds until every cell left is done, cells left): each cell left (running, pending,
+    interrupted, damaged) takes the mean wall time of its size's finished cells (of all finished
+    cells when its size has none), ``parallel`` at a time. None while no cell has finished."""
+    left = [st for st in states if st.status in LEFT]
+    walls: dict[str, list[float]] = {}
+    for st in states:
+        if st.status in FINAL and st.wall_s is not None:
+            walls.setdefault(st.size, []).append(float(st.wall_s))
+    every = [w for ws in walls.values() for w in ws]
+    if not left:
+        return 0.0, 0
+    if not every:
+        return None, len(left)
+    work = sum(sum(walls.get(st.size, every)) / len(walls.get(st.size, every)) for st in left)
+    return work / max(1, min(parallel, len(left))), len(left)
 
 
 def format_status(rows: list[SizeStatus]) -> str:

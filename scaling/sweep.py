@@ -23,6 +23,7 @@ cells already running finish, and the next run picks up the rest.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -38,11 +39,16 @@ import pandas as pd
 from mm1model import records
 from mm1model.config import ConfigError, to_dict
 from scaling import cells
-from scaling.executors import check_slurm, make_executor
+from scaling.executors import check_slurm, job_failure, make_executor
 from scaling.launch import format_status as format_launch_status, launch_status
-from scaling.runs import SizeStatus, collect_runs, format_status, rank_key, sweep_status, write_runs
+from scaling.runs import (LEFT, REBUILD_SWEEP_JSON, SizeStatus, cell_states, collect_runs, disk_bytes, format_bytes,
+                          format_duration, format_status, rank_key, read_sweep_meta, size_status, sweep_eta,
+                          sweep_status, write_runs)
 from scaling.sweep_plan import (SweepConfig, SweepPlan, cell_train, describe_plan, executor_parameters,
                                 load_sweep_config, plan_sweep, round_lr, sweep_arms)
+
+# errno values of a full disk (ENOSPC) or a full quota (EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 # ------------------------------------------------------------------------------------ sweep dir
@@ -60,7 +66,9 @@ def _meta_train_key(train: dict[str, Any]) -> dict[str, Any]:
 def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
     """Create or update DIR/sweep.json and the cell directories; return sweep.json's content."""
     path = plan.out / "sweep.json"
-    meta = records.read_json(path) if path.exists() else None
+    meta = read_sweep_meta(plan.out) if path.exists() else None
+    if meta is not None and not (isinstance(meta.get("train"), dict) and isinstance(meta.get("sizes"), dict)):
+        raise ConfigError(f"{path} cannot be read (it lacks train or sizes): {REBUILD_SWEEP_JSON}")
     if meta is not None:
         old, new = _meta_train_key(meta["train"]), _meta_train_key(json.loads(records.dumps(plan.train)))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -70,14 +78,18 @@ def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
     else:
         meta = {"created_at": time.time(), "train": plan.train, "sizes": {}, "extensions": []}
     meta["config"] = to_dict(plan.config)
+    meta["max_parallel"] = plan.max_parallel  # what `scaling status --watch` estimates with
+    meta.setdefault("extensions", [])
     for sp in plan.sizes:
         entry = meta["sizes"].setdefault(sp.size, {"lrs": [], "extended": []})
+        entry.setdefault("lrs", [])
+        entry.setdefault("extended", [])
         # a rerun may add seeds, never drop finished ones (older sweep.json: one global count)
         seeds = max(sp.seeds, entry.get("seeds", meta.get("seeds", 0)))
         entry.update(params=sp.params, mm1_lr=sp.mm1_lr, steps=sp.steps, tokens=sp.tokens,
                      batch_size=sp.batch_size, seq_len=sp.seq_len, seeds=seeds)
         entry["lrs"] = sorted(set(entry["lrs"]) | set(sp.lrs))
-    records.write_json(path, meta)
+    cells.write_record(path, meta)
     for size, entry in meta["sizes"].items():
         for lr in entry["lrs"] + entry["extended"]:
             for seed in range(size_seeds(meta, size)):
@@ -171,64 +183,134 @@ class _Progress:
 
 
 def run_sweep(config: SweepConfig | SweepPlan, *, wait: bool = True, progress: bool = True,
-              echo: Callable[[str], None] = print, poll_s: float = 0.5) -> SweepResult:
+              echo: Callable[[str], None] = print, poll_s: float = 0.5,
+              keep_checkpoints: bool | None = None) -> SweepResult:
     """Run (or resume) a sweep until every cell is final or out of retries.
 
     ``wait=False`` prepares the directory, starts the driver as a detached background process
     (its log in ``DIR/sweep.log``) and returns at once; rerunning the same call later attaches to
     nothing and simply resumes from disk. Returns a :class:`SweepResult` read from disk.
+
+    A directory another live driver runs is refused before anything is written. A full disk is
+    one ConfigError naming the file it could not write; every finished cell is kept. Once a
+    cell is final its ``checkpoints/`` are removed, unless ``keep_checkpoints`` (None: the sweep
+    config's ``keep_checkpoints``, default False), which keeps the newest one.
     """
     plan = config if isinstance(config, SweepPlan) else plan_sweep(config)
     if plan.config.executor == "slurm":
         check_slurm()
     parameters = executor_parameters(plan)  # bad resources fail here, before anything is written
-    meta = prepare_sweep_dir(plan)
-    if not wait:
-        _spawn_driver(plan)
-        return SweepResult(dir=plan.out, status=sweep_status(plan.out), extensions=meta["extensions"],
-                           gave_up=[])
+    if keep_checkpoints is None:
+        keep_checkpoints = bool(getattr(plan.config, "keep_checkpoints", False))
+    try:
+        return _run(plan, parameters, wait=wait, progress=progress, echo=echo, poll_s=poll_s,
+                    keep_checkpoints=keep_checkpoints)
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            raise ConfigError(f"disk full writing {err.filename or plan.out}: free space and rerun; "
+                              "finished cells are kept") from None
+        raise
+
+
+def _run(plan: SweepPlan, parameters: dict[str, Any], *, wait: bool, progress: bool,
+         echo: Callable[[str], None], poll_s: float, keep_checkpoints: bool) -> SweepResult:
+    fresh = not plan.out.exists()
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": None, "since": time.time()}
+    # the lock first: a refused driver writes nothing (no sweep.json change, no new cell)
+    plan.out.mkdir(parents=True, exist_ok=True)
     if not cells.try_lock(plan.out, owner):
         other = cells.lock_owner(plan.out) or {}
         raise ConfigError(f"{plan.out} is being run by another sweep (pid {other.get('pid')} on "
                           f"{other.get('host')}); wait for it or kill it first")
     try:
-        return _drive(plan, meta, parameters, progress=progress, echo=echo, poll_s=poll_s)
+        meta = prepare_sweep_dir(plan)
+        if not wait:
+            cells.release_lock(plan.out)  # the background driver takes it
+            _spawn_driver(plan, keep_checkpoints)
+            return SweepResult(dir=plan.out, status=sweep_status(plan.out, echo), extensions=meta["extensions"],
+                               gave_up=[])
+        return _drive(plan, meta, parameters, progress=progress, echo=echo, poll_s=poll_s,
+                      keep_checkpoints=keep_checkpoints)
+    except BaseException:
+        if fresh and [p.name for p in plan.out.iterdir()] == ["lock"]:
+            cells.release_lock(plan.out)
+            plan.out.rmdir()  # nothing was written: leave no directory behind
+        raise
     finally:
         cells.release_lock(plan.out)
 
 
-def _spawn_driver(plan: SweepPlan) -> None:
+def _spawn_driver(plan: SweepPlan, keep_checkpoints: bool) -> None:
     config = dataclasses.replace(plan.config, out=str(plan.out))
-    records.write_json(plan.out / "driver.json", to_dict(config))
+    cells.write_record(plan.out / "driver.json", to_dict(config))
     log = open(plan.out / "sweep.log", "ab")
     code = ("import sys; from mm1model import records; from mm1model.config import from_dict; "
             "from scaling.sweep import SweepConfig, run_sweep; "
-            "run_sweep(from_dict(SweepConfig, records.read_json(sys.argv[1])), progress=False)")
-    subprocess.Popen([sys.executable, "-c", code, str(plan.out / "driver.json")], stdin=subprocess.DEVNULL,
-                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd())
+            "run_sweep(from_dict(SweepConfig, records.read_json(sys.argv[1])), progress=False, "
+            "keep_checkpoints=sys.argv[2] == 'keep')")
+    subprocess.Popen([sys.executable, "-c", code, str(plan.out / "driver.json"), "keep" if keep_checkpoints else "prune"],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                     cwd=os.getcwd())
     log.close()
 
 
+def _record_job_end(path: Path, handle: Any, attempts_before: int, owner: dict[str, Any]) -> None:
+    """A job of this driver ended: when it left its cell without an outcome (the job process
+    itself died, or never started the cell), record why, as far as the executor can tell."""
+    state = cells.cell_state(path)
+    if state.status in (*cells.FINAL, "running", "damaged"):
+        return
+    if not cells.try_lock(path, owner):
+        return
+    try:
+        attempts = cells.read_attempts(path)
+        started = len(attempts) > attempts_before
+        if started and attempts[-1].get("outcome") is not None:
+            return  # the job recorded how its attempt ended
+        cause = job_failure(handle, attempts[-1].get("peak_rss_bytes") if started else None)
+        if started:
+            attempts[-1].update(outcome="failed", error=cause, finished_at=time.time())
+        else:
+            attempts.append({"attempt": len(attempts) + 1, "host": None, "pid": None, "job_id": str(handle.job_id),
+                             "started_at": None, "resumed": cells.has_checkpoint(path), "outcome": "failed",
+                             "error": f"the job ended before it started the cell: {cause}",
+                             "finished_at": time.time()})
+        cells.write_record(path / "attempts.json", attempts)
+    except cells.DamagedRecord:
+        return  # the next pass finds the cell damaged and moves its files aside
+    finally:
+        cells.release_lock(path)
+
+
 def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *, progress: bool,
-           echo: Callable[[str], None], poll_s: float) -> SweepResult:
+           echo: Callable[[str], None], poll_s: float, keep_checkpoints: bool) -> SweepResult:
     config = plan.config
     executor = make_executor(config.executor, plan.out / ".submitit" / config.executor, parameters)
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": None, "since": time.time()}
     active: dict[Path, Any] = {}
+    attempts_at_submit: dict[Path, int] = {}
     launches: dict[Path, int] = {}
     gave_up: set[Path] = set()
     settled_sizes: set[str] = set()
-    job = cells.CellJob()
+    job = cells.CellJob(timeout_min=parameters.get("timeout_min") or parameters.get("time"))
     bar = _Progress(total=0, enabled=progress, echo=echo)
     reported: set[Path] = set()
 
-    def all_cells() -> list[Path]:
-        out = []
+    def all_cells() -> dict[Path, tuple[str, float, int]]:
+        out = {}
         for size, entry in meta["sizes"].items():
             for lr in sorted(set(entry["lrs"]) | set(entry["extended"])):
                 for seed in range(size_seeds(meta, size)):
-                    out.append(plan.out / size / cells.cell_name(lr, seed))
+                    out[plan.out / size / cells.cell_name(lr, seed)] = (size, lr, seed)
         return out
+
+    def repair(path: Path, st: cells.CellState) -> cells.CellState:
+        """Move a damaged cell's unreadable files aside, rewrite its cell.json, run it again."""
+        size, lr, seed = identity[path]
+        moved = cells.quarantine(path, list(cells.read_cell_files(path)[3]))
+        cells.write_cell(path, size, lr, seed, cell_train(meta["train"], size, lr, seed))
+        bar.note(f"warning: {'; '.join(st.damaged)}: moved into {moved}; the cell runs again")
+        return cells.cell_state(path)
 
     # larger sizes first: the longest jobs start early, which shortens the whole sweep
     size_rank = {sp.size: -sp.params for sp in plan.sizes}
@@ -237,7 +319,12 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
             for path, handle in list(active.items()):
                 if handle.done():
                     del active[path]
-            states = {p: cells.cell_state(p) for p in all_cells()}
+                    _record_job_end(path, handle, attempts_at_submit.pop(path, 0), owner)
+            identity = all_cells()
+            states = {p: cells.cell_state(p) for p in identity}
+            for path, st in states.items():
+                if st.status == "damaged" and path not in active:
+                    states[path] = repair(path, st)
             todo = []
             for path, st in states.items():
                 if path in active or st.status in cells.FINAL or st.status == "running":
@@ -247,12 +334,14 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
                     if path not in gave_up:
                         gave_up.add(path)
                         bar.note(f"{st.size} lr={st.lr:.2e} seed={st.seed}: giving up after "
-                                 f"{st.attempts} attempt(s): {st.error}")
+                                 f"{st.attempts} attempt(s): {st.error or 'no attempt was recorded'}")
                     continue
                 todo.append(path)
             for path, st in states.items():
                 if path not in reported and (st.status in cells.FINAL or path in gave_up):
                     reported.add(path)
+                    if st.status in cells.FINAL:
+                        cells.prune_checkpoints(path, keep_last=keep_checkpoints)
                     loss = f" loss {st.loss:.4f}" if st.loss is not None else ""
                     if bar.bar is None:
                         bar.note(f"[{len(reported)}/{len(states)}] {st.size} lr={st.lr:.2e} "
@@ -271,7 +360,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
                     continue
                 meta["sizes"][size]["extended"].append(new)
                 meta["extensions"].append({"size": size, "lr": new, "reason": why, "at": time.time()})
-                records.write_json(plan.out / "sweep.json", meta)
+                cells.write_record(plan.out / "sweep.json", meta)
                 for seed in range(size_seeds(meta, size)):
                     path = plan.out / size / cells.cell_name(new, seed)
                     cells.write_cell(path, size, new, seed, cell_train(meta["train"], size, new, seed))
@@ -292,6 +381,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
             if batch:
                 for path in batch:
                     launches[path] = launches.get(path, 0) + 1
+                    attempts_at_submit[path] = states[path].attempts
                 if config.executor == "slurm":
                     for path, handle in zip(batch, executor.map_array(job, [str(p) for p in batch])):
                         active[path] = handle
@@ -306,7 +396,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
             time.sleep(poll_s)
     finally:
         bar.close()
-    return SweepResult(dir=plan.out, status=sweep_status(plan.out), extensions=meta["extensions"],
+    return SweepResult(dir=plan.out, status=sweep_status(plan.out, echo), extensions=meta["extensions"],
                        gave_up=sorted(gave_up))
 
 
@@ -328,11 +418,13 @@ class SweepsResult:
 
     @property
     def failure(self) -> str | None:
-        """Why the command failed (cells out of retries), or None."""
+        """Why the command failed (cells out of retries) and the first cell's cause, or None."""
         failed = self.gave_up
         if not failed:
             return None
-        return f"{len(failed)} cell(s) failed after all retries; see attempts.json in each (first: {failed[0]})"
+        first = cells.cell_state(failed[0])
+        return (f"{len(failed)} cell(s) failed after all retries; see attempts.json in each (first: {failed[0]}: "
+                f"giving up after {first.attempts} attempt(s): {first.error or 'no attempt was recorded'})")
 
     def summary(self) -> str:
         """A dry run's cells and resources; else per sweep its status table (when waited) and directory."""
@@ -348,13 +440,14 @@ class SweepsResult:
 
 def run_sweeps(config_path: str | Path | None, arms: tuple[str, ...] | None = None,
                flags: dict[str, Any] | None = None, *, dry_run: bool = False, no_wait: bool = False,
-               echo: Callable[[str], None] = print) -> SweepsResult:
+               echo: Callable[[str], None] = print, keep_checkpoints: bool | None = None) -> SweepsResult:
     """``scaling sweep``: plan the sweep of ``config_path`` with ``flags`` on top (the keyword
     arguments of :func:`load_sweep_config`), then run it, or only plan it with ``dry_run``.
 
     A file with arms runs ``arms`` (default: its default arms) one after another, each as its own
     sweep in OUT/ARM; every arm is planned, and so checked, before the first one starts.
-    ``no_wait`` starts one sweep in the background. ``echo`` gets the progress lines."""
+    ``no_wait`` starts one sweep in the background. ``echo`` gets the progress lines.
+    ``keep_checkpoints``: see :func:`run_sweep`."""
     available = sweep_arms(config_path) if config_path else ()
     chosen = tuple(arms) if arms is not None else available
     if arms is not None and not available:
@@ -366,22 +459,61 @@ def run_sweeps(config_path: str | Path | None, arms: tuple[str, ...] | None = No
     plans = [plan_sweep(load_sweep_config(config_path, arm=arm, **(flags or {}))) for arm in chosen or (None,)]
     if dry_run:
         return SweepsResult(plans=plans, sweeps=[], dry_run=True)
-    sweeps = [run_sweep(plan, wait=not no_wait, echo=echo) for plan in plans]
+    sweeps = [run_sweep(plan, wait=not no_wait, echo=echo, keep_checkpoints=keep_checkpoints) for plan in plans]
     return SweepsResult(plans=plans, sweeps=sweeps, waited=not no_wait)
 
 
 @dataclasses.dataclass
 class StatusResult:
     """Where a sweep or a launch stands, from its files only: ``sizes`` for a sweep directory
-    (:func:`scaling.runs.sweep_status`), ``launch`` for a launch directory
-    (:func:`scaling.launch.launch_status`)."""
+    (:func:`scaling.runs.size_status`), ``launch`` for a launch directory
+    (:func:`scaling.launch.launch_status`). For a sweep also: ``states`` (every cell's),
+    ``warnings`` (one line per damaged cell), ``disk_bytes`` (all files under the directory),
+    ``parallel`` (cells at a time, for the ETA)."""
 
     dir: Path
     sizes: list[SizeStatus] | None = None
     launch: dict[str, Any] | None = None
+    states: list[cells.CellState] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    disk_bytes: int | None = None
+    parallel: int = 1
+
+    @property
+    def failed(self) -> list[cells.CellState]:
+        return [st for st in self.states if st.status == "failed"]
+
+    @property
+    def done(self) -> bool:
+        """Nothing will change without a new driver: no cell is running and none is left, or
+        no driver holds the sweep's lock."""
+        if self.launch is not None:
+            return self.launch["state"] not in ("prepared", "submitted", "running")
+        if any(st.status == "running" for st in self.states):
+            return False
+        return not any(st.status in LEFT for st in self.states) or cells.lock_owner(self.dir) is None
+
+    def eta(self) -> str:
+        """One line: the time left, from finished cells' wall times, at the sweep's parallelism."""
+        seconds, left = sweep_eta(self.states, self.parallel)
+        if left == 0:
+            return "done: no cell left"
+        if seconds is None:
+            return f"ETA unknown until a cell finishes: {left} cell(s) left, {self.parallel} at a time"
+        return f"ETA {format_duration(seconds)}: {left} cell(s) left, {self.parallel} at a time"
 
     def summary(self) -> str:
-        return format_launch_status(self.launch) if self.launch is not None else format_status(self.sizes or [])
+        """The per-size table, one line per failed cell (why it failed), the disk the sweep
+        takes and a warning line per damaged cell; a launch's one-line status."""
+        if self.launch is not None:
+            return format_launch_status(self.launch)
+        lines = [format_status(self.sizes or [])]
+        lines += [f"failed {st.size} lr={st.lr:.2e} seed={st.seed}: giving up after {st.attempts} attempt(s): "
+                  f"{st.error or 'no attempt was recorded'}" for st in self.failed]
+        if self.disk_bytes is not None:
+            lines.append(f"disk: {format_bytes(self.disk_bytes)} under {self.dir}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
 
 def run_status(path: str | Path) -> StatusResult:
@@ -390,7 +522,29 @@ def run_status(path: str | Path) -> StatusResult:
     path = Path(path)
     if (path / "plan.json").exists():
         return StatusResult(dir=path, launch=launch_status(path))
-    return StatusResult(dir=path, sizes=sweep_status(path))
+    warnings: list[str] = []
+    states = cell_states(path, warnings.append)
+    meta = read_sweep_meta(path)
+    parallel = meta.get("max_parallel") or (meta.get("config") or {}).get("max_parallel") or 1
+    return StatusResult(dir=path, sizes=size_status(states), states=states, warnings=warnings,
+                        disk_bytes=disk_bytes(path), parallel=int(parallel))
+
+
+def watch_status(path: str | Path, interval_s: float = 10.0, *, echo: Callable[[str], None] = print,
+                 count: int | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> StatusResult:
+    """``scaling status --watch``: show :func:`run_status` with an ETA every ``interval_s``
+    seconds until the sweep is done (:attr:`StatusResult.done`), or ``count`` times. Returns
+    the last status."""
+    shown = 0
+    while True:
+        status = run_status(path)
+        stamp = time.strftime("%H:%M:%S", time.localtime(clock()))
+        echo(f"{status.summary()}\n{stamp} {status.eta() if status.launch is None else ''}".rstrip())
+        shown += 1
+        if status.done or (count is not None and shown >= count):
+            return status
+        sleep(interval_s)
 
 
 @dataclasses.dataclass
@@ -399,6 +553,7 @@ class CollectResult:
 
     runs: pd.DataFrame
     out: Path | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         """The file written and its row count, or (no file) the table as CSV."""
@@ -410,6 +565,8 @@ class CollectResult:
 
 def run_collect(sweep_dir: str | Path, out: str | Path | None = None) -> CollectResult:
     """``scaling collect``: the runs table of a sweep, the input of ``scaling fit``, written to
-    ``out`` (``.csv`` or ``.parquet``, atomically) when given."""
-    runs = collect_runs(sweep_dir)
-    return CollectResult(runs=runs, out=write_runs(runs, out) if out is not None else None)
+    ``out`` (``.csv`` or ``.parquet``, atomically) when given. Damaged cells are left out, one
+    line each in ``warnings``."""
+    warnings: list[str] = []
+    runs = collect_runs(sweep_dir, warnings.append)
+    return CollectResult(runs=runs, out=write_runs(runs, out) if out is not None else None, warnings=warnings)

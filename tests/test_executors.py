@@ -51,6 +51,24 @@ def test_export_leaves_every_gpu_of_the_node_visible(slurm_task):
     assert task_device("cuda", int(os.environ["LOCAL_RANK"])) == torch.device("cuda", 3)
 
 
+def test_a_local_jobs_tasks_meet_on_loopback(monkeypatch):
+    """A local job's rendezvous needs nothing outside this machine: MASTER_ADDR is 127.0.0.1
+    (submitit would use the host's name) and gloo/NCCL use the loopback interface."""
+    for key in (*EXPORTED, "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "SLURM_JOB_ID"):
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
+    for key, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "2",
+                       "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NODEID": "0",
+                       "SUBMITIT_LOCAL_JOB_NUM_NODES": "1"}.items():
+        monkeypatch.setenv(key, value)
+    env = export_distributed_environment()
+    assert (env.rank, env.world_size, env.master_addr) == (1, 2, "127.0.0.1")
+    assert {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")} == \
+        {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    if Path("/sys/class/net/lo").exists():
+        assert os.environ["GLOO_SOCKET_IFNAME"] == os.environ["NCCL_SOCKET_IFNAME"] == "lo"
+
+
 def test_submitits_default_export_would_leave_one_gpu(slurm_task):
     """What sweep cells did before: rank 3 would see GPU 3 alone and ask for cuda:3 of one."""
     submitit.helpers.TorchDistributedEnvironment().export()

@@ -181,7 +181,9 @@ def test_bad_inputs_one_line_each_nothing_written(tmp_path):
     assert "params must be positive, got -100000 (row 1)" in _bad(tmp_path, tmp_path / "neg.csv")
     frame[frame["params"] == 1e5].to_csv(tmp_path / "one.csv", index=False)
     assert _bad(tmp_path, tmp_path / "one.csv") == "error: need at least 2 groups with a finite optimum, got 1"
-    frame.assign(loss=[2.1, 2.0, 2.2] + [None] * 3).to_csv(tmp_path / "div.csv", index=False)
+    # an empty loss is a diverged run only where the status says so (an ok run has a loss)
+    frame.assign(loss=[2.1, 2.0, 2.2] + [None] * 3, status=["ok"] * 3 + ["diverged"] * 3).to_csv(
+        tmp_path / "div.csv", index=False)
     assert _bad(tmp_path, tmp_path / "div.csv") == (
         "error: need at least 2 groups with a finite optimum, got 1 (1 dropped: every run diverged)")
     assert "unknown --select 'best'" in _bad(tmp_path, good, "--select", "best")
@@ -247,3 +249,73 @@ def test_trainer_run_directories_mixing_parametrizations_are_refused(tmp_path):
         records.write_json(path, {**records.read_json(path), "model": {"parametrization": "mup", "base_size": "w32"}})
     with pytest.raises(ConfigError, match=r"^the runs mix parametrizations \(mup\(base=w32\), sp\)"):
         fit_runs(read_runs([sweep]))
+
+
+# ------------------------------------------------------------------------ strict numbers
+def _sweep_table(tmp_path, name="runs.csv"):
+    """A good runs table: the fit of make_sweep's directory, as `scaling collect` would write it."""
+    frame = read_runs([make_sweep(tmp_path / "sweep")])[["size", "params", "tokens", "lr", "seed", "loss", "status"]]
+    frame = frame.assign(loss=frame["loss"].where(frame["status"] == "ok"))  # diverged: empty, as written
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path, pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_a_typo_in_a_number_refuses_the_table_naming_row_and_column(tmp_path):
+    path, text = _sweep_table(tmp_path)
+    good = invoke("fit", path, "--out", tmp_path / "fit", "--bootstrap", "0")
+    assert good.exit_code == 0, good.output
+    # the issue's typo: a letter O for a zero. It was read as diverged and moved the law.
+    for column, value, row in [("loss", "6.98O", 7), ("lr", "1e-3x", 2), ("params", "97,600", 3), ("tokens", "lots", 1)]:
+        bad = text.copy()
+        bad.loc[row - 1, column] = value
+        bad.to_csv(tmp_path / "typo.csv", index=False)
+        assert _bad(tmp_path, tmp_path / "typo.csv") == f"error: {tmp_path / 'typo.csv'} row {row}: {column} {value!r} is not a number"
+    # on a row whose status says there is no result, the loss may be empty or NaN, not a typo
+    diverged = int(np.flatnonzero(text["status"].to_numpy() == "diverged")[0])
+    for value, refused in [("", False), ("nan", False), ("NaN", False), ("x", True)]:
+        bad = text.copy()
+        bad.loc[diverged, "loss"] = value
+        bad.to_csv(tmp_path / "div.csv", index=False)
+        result = invoke("fit", tmp_path / "div.csv", "--out", tmp_path / "fit2", "--bootstrap", "0")
+        assert (result.exit_code == 2) == refused, result.output
+    # an ok row needs its loss; so does a row without a status (ok by default)
+    bad = text.copy()
+    bad.loc[0, "loss"] = ""
+    bad.to_csv(tmp_path / "noloss.csv", index=False)
+    assert _bad(tmp_path, tmp_path / "noloss.csv") == (
+        f"error: {tmp_path / 'noloss.csv'} row 1: loss is empty on a row with status 'ok': an ok run has a loss "
+        "(a run without one says diverged or failed in the status column)")
+    bad.drop(columns="status").to_csv(tmp_path / "nostatus.csv", index=False)
+    assert "row 1: loss is empty on a row with status 'ok'" in _bad(tmp_path, tmp_path / "nostatus.csv")
+    # failed rows carry no result: empty numbers are fine there, and the rows are left out
+    failed = text.copy()
+    failed.loc[0, ["loss", "lr", "params", "tokens", "status"]] = ["", "", "", "", "failed"]
+    failed.to_csv(tmp_path / "failed.csv", index=False)
+    runs = read_runs([tmp_path / "failed.csv"])
+    assert len(runs) == len(text) - 1 and runs["loss"].dtype == float
+
+
+def test_diverged_rows_still_rank_as_inf_and_the_fit_is_unchanged(tmp_path):
+    path, text = _sweep_table(tmp_path)
+    runs = read_runs([path])
+    assert (runs.loc[runs["status"] == "diverged", "loss"] == math.inf).all()
+    assert runs["loss"][runs["status"] == "ok"].map(math.isfinite).all()
+    # the same numbers from the sweep directory and from its table give the same law
+    table = fit_runs(runs, select="argmin").coefficients
+    assert table == pytest.approx(fit_runs(read_runs([tmp_path / "sweep"]), select="argmin").coefficients, abs=1e-12)
+    # argmin on make_sweep's factor-2 grid (its truth: -0.4 ln N - 0.3)
+    assert table == pytest.approx({"intercept": -0.80880, "ln_params": -0.35825}, abs=1e-5)
+
+
+def test_clean_runs_of_an_in_memory_frame_keeps_nan_as_diverged():
+    """A notebook's frame without statuses may mark a diverged run by a NaN loss (test_fit pins it);
+    a string that is not a number is refused there too."""
+    from scaling.fit import clean_runs
+
+    frame = pd.DataFrame({"params": [1e5, 1e5], "lr": [1e-3, 2e-3], "loss": [2.0, math.nan]})
+    assert clean_runs(frame)["loss"].tolist() == [2.0, math.inf]
+    with pytest.raises(ConfigError, match=r"^runs table row 2: loss 'abc' is not a number$"):
+        clean_runs(frame.assign(loss=[2.0, "abc"]))
+    with pytest.raises(ConfigError, match="row 2: loss is empty"):
+        clean_runs(frame, strict=True)

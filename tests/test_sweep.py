@@ -190,6 +190,8 @@ def test_failed_cell_is_retried_and_recorded(tmp_path, corpus):
     attempts = cells.read_attempts(cell)
     assert [a["outcome"] for a in attempts] == ["failed", "failed"]
     assert "no-such-corpus" in attempts[0]["error"]
+    # the last line of the trainer's traceback, as error.log holds it
+    assert attempts[-1]["error"] == (cell / "error.log").read_text().strip().splitlines()[-1]
     assert sweep_status(out)[0].failed == 1
     assert collect_runs(out).status.tolist() == ["failed"]
 
@@ -209,7 +211,7 @@ def test_stale_lock_is_taken_over_and_live_one_is_not(tmp_path):
     assert not (tmp_path / "lock").exists()
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
@@ -230,7 +232,7 @@ def test_kill9_of_sweep_loses_nothing_and_runs_each_cell_once(tmp_path, corpus):
     def locks() -> list[Path]:
         return list(out.glob("100K/*/lock"))
 
-    _wait_for(lambda: len(result()) >= 1 and locks(), 120, "one finished cell and one running")
+    wait_for(lambda: len(result()) >= 1 and locks(), 120, "one finished cell and one running")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     running_at_kill = len(locks())
@@ -262,7 +264,7 @@ def test_interrupted_cell_resumes_from_checkpoint(tmp_path, corpus):
     def checkpointed() -> bool:
         return any(e["event"] == "checkpoint" and e["step"] >= 8 for e in records.read_jsonl(cell / "events.jsonl"))
 
-    _wait_for(checkpointed, 120, "a checkpoint")
+    wait_for(checkpointed, 120, "a checkpoint")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (cell / "result.json").exists()
@@ -294,7 +296,7 @@ def test_no_wait_returns_the_dir_at_once_and_finishes_in_background(tmp_path, co
     assert res.stdout.strip().splitlines()[-1] == str(out)
     # it returned before the cell could finish: the background driver is still importing torch
     assert not (out / "100K" / "lr=3.00e-03_seed=0" / "result.json").exists()
-    _wait_for(lambda: (out / "100K" / "lr=3.00e-03_seed=0" / "result.json").exists()
+    wait_for(lambda: (out / "100K" / "lr=3.00e-03_seed=0" / "result.json").exists()
               and not (out / "lock").exists(), 120, "the background sweep")
     assert collect_runs(out).status.tolist() == ["ok"]
     assert "[1/1] 100K lr=3.00e-03 seed=0: ok" in (out / "sweep.log").read_text()

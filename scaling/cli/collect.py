@@ -11,4 +11,7 @@ from scaling.sweep import run_collect
 @click.option("--out", type=click.Path(dir_okay=False), help="runs.csv or runs.parquet (default: print CSV).")
 def collect_command(sweep_dir, out) -> None:
     """The runs table of a sweep, the input of `scaling fit`."""
-    click.echo(run_collect(sweep_dir, out).summary())
+    result = run_collect(sweep_dir, out)
+    for line in result.warnings:  # on stderr: the table on stdout stays a clean CSV
+        click.echo(f"warning: {line}", err=True)
+    click.echo(result.summary())

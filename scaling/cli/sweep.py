@@ -42,9 +42,12 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--arms", help="For a sweep file with [arms.NAME] tables: the arms to run, comma-separated "
                              "(default: all, one after another, each in OUT/NAME).")
 @click.option("--no-wait", is_flag=True, help="Start the sweep in the background and print its directory.")
+@click.option("--keep-checkpoints", is_flag=True, default=None,
+              help="Keep the newest checkpoint of each finished cell (default: remove them once a cell is final).")
 @click.option("--dry-run", is_flag=True, help="List cells, LRs and resources per job; submit nothing.")
 def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, executor, max_parallel,
-                  max_retries, parametrization, base_size, alpha, out, arms, no_wait, dry_run) -> None:
+                  max_retries, parametrization, base_size, alpha, out, arms, no_wait, keep_checkpoints,
+                  dry_run) -> None:
     """Run (or resume) a learning-rate grid: one trainer run per (size, lr, seed). A sweep file
     with arms runs each arm as its own sweep, in OUT/ARM."""
     flags = dict(sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()) if sizes is not None else None,
@@ -52,7 +55,8 @@ def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, e
                  executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out,
                  model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha})
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
-    result = run_sweeps(config_path, chosen, flags, dry_run=dry_run, no_wait=no_wait, echo=click.echo)
+    result = run_sweeps(config_path, chosen, flags, dry_run=dry_run, no_wait=no_wait, echo=click.echo,
+                        keep_checkpoints=keep_checkpoints or None)
     click.echo(result.summary())
     if result.failure:
         raise click.ClickException(result.failure)
