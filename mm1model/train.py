@@ -226,6 +226,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     set_group_lrs(optimizer, lr)
 
 
+def warm_data(config: TrainConfig) -> None:
+    """Build a run's corpus index and validation set into this process's caches
+    (:mod:`mm1model.data.stream`), so the trainers a warm sweep worker forks start without
+    re-reading the corpus. Best effort: a bad config is left for the run itself to report."""
+    try:
+        config = resolve(config)
+        micro = config.micro_batch_size or config.batch_size
+        PackedStream(config.data, rank=0, world_size=config.batch_size // micro, split="train")
+        validation_batches(config.data, config.eval_sequences, config.eval_batch_size or micro)
+    except (ConfigError, OSError, ValueError):
+        return
+
+
 def _read_final_result(run_dir: Path) -> TrainResult | None:
     try:
         data = records.read_json(run_dir / "result.json")

@@ -45,7 +45,7 @@ import submitit
 from mm1model import records
 from mm1model.checkpoint import PREEMPTION_SIGNALS, Preempted, checkpoint_dir, checkpoint_paths
 from mm1model.config import ConfigError, from_dict
-from mm1model.train import train
+from mm1model.train import train, warm_data
 from mm1model.train_config import TrainConfig
 from scaling.executors import (describe_exit, die_with_parent, export_distributed_environment, format_gb,
                                job_environment, last_traceback_line, peak_rss_bytes, signal_name, wait_child)
@@ -390,18 +390,23 @@ class CellJob(submitit.helpers.Checkpointable):
     signal's name (SIGKILL with the trainer's peak RSS, as the kernel counts it), the last line
     of the exception's traceback, or a timeout. While it runs, the job records the trainer's peak
     RSS (``peak_rss_bytes``) at its heartbeat, so a job killed as a whole still leaves a number.
-    The debug executor trains in the calling process. ``timeout_min``: the job's time limit,
+    The debug executor trains in the calling process; ``supervise=True`` forks and supervises
+    outside a job too (the local sweep's warm workers). ``timeout_min``: the job's time limit,
     which tells a timeout from a preemption when the scheduler signals.
     """
 
-    def __init__(self, timeout_min: float | None = None) -> None:
+    def __init__(self, timeout_min: float | None = None, supervise: bool | None = None) -> None:
         self.timeout_min = timeout_min
+        # fork and supervise the trainer: inside a submitit job by default; a warm worker of the
+        # local sweep (scaling.workers) asks for it too
+        self.supervise = supervise
         self._child: int | None = None
         self._book: _Book | None = None
         self._started = time.time()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"timeout_min": self.timeout_min}  # the live process and book stay in this process
+        # the live process and book stay in this process
+        return {"timeout_min": self.timeout_min, "supervise": self.supervise}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
@@ -424,7 +429,8 @@ class CellJob(submitit.helpers.Checkpointable):
             return {"status": "busy", "path": str(path)}
         stop = threading.Event()
         try:
-            return self._run_locked(path, owner, supervise=env is not None, stop=stop)
+            supervise = env is not None if self.supervise is None else self.supervise
+            return self._run_locked(path, owner, supervise=supervise, stop=stop)
         finally:
             stop.set()
             release_lock(path)
@@ -470,6 +476,8 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def _supervise(self, path: Path, cell: dict[str, Any], book: _Book,
                    stop: threading.Event) -> tuple[str, str | None, int | None]:
+        if self.supervise:  # a warm worker: its corpus index and validation set outlive the cell
+            warm_data(from_dict(TrainConfig, {**cell["train"], "run_dir": str(path)}))
         read_end, write_end = os.pipe()
         parent = os.getpid()
         child = os.fork()
@@ -517,7 +525,7 @@ class CellJob(submitit.helpers.Checkpointable):
         except Preempted as stop:
             code, report = int(stop.code), {"status": "preempted",
                                             "error": f"stopped by {signal_name(stop.signum)} after a checkpoint"}
-        except BaseException as err:  # noqa: BLE001 - whatever ends the trainer is reported
+        except BaseException:  # noqa: BLE001 - whatever ends the trainer is reported
             trace = traceback.format_exc()
             try:
                 records.write_text(path / "error.log", trace)

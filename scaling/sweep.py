@@ -40,6 +40,7 @@ from mm1model import records
 from mm1model.config import ConfigError, to_dict
 from scaling import cells
 from scaling.executors import check_slurm, job_failure, make_executor
+from scaling.workers import WorkerPool
 from scaling.launch import format_status as format_launch_status, launch_status
 from scaling.runs import (LEFT, REBUILD_SWEEP_JSON, SizeStatus, cell_states, collect_runs, disk_bytes, format_bytes,
                           format_duration, format_status, rank_key, read_sweep_meta, size_status, sweep_eta,
@@ -201,7 +202,7 @@ def run_sweep(config: SweepConfig | SweepPlan, *, wait: bool = True, progress: b
         check_slurm()
     parameters = executor_parameters(plan)  # bad resources fail here, before anything is written
     if keep_checkpoints is None:
-        keep_checkpoints = bool(getattr(plan.config, "keep_checkpoints", False))
+        keep_checkpoints = plan.config.keep_checkpoints
     try:
         return _run(plan, parameters, wait=wait, progress=progress, echo=echo, poll_s=poll_s,
                     keep_checkpoints=keep_checkpoints)
@@ -285,14 +286,19 @@ def _record_job_end(path: Path, handle: Any, attempts_before: int, owner: dict[s
 def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *, progress: bool,
            echo: Callable[[str], None], poll_s: float, keep_checkpoints: bool) -> SweepResult:
     config = plan.config
-    executor = make_executor(config.executor, plan.out / ".submitit" / config.executor, parameters)
+    if config.executor == "local":
+        # warm workers: a cell pays no interpreter start and no imports (scaling.workers)
+        executor = WorkerPool(plan.max_parallel, threads=int(plan.train.get("threads") or 1))
+    else:
+        executor = make_executor(config.executor, plan.out / ".submitit" / config.executor, parameters)
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": None, "since": time.time()}
     active: dict[Path, Any] = {}
     attempts_at_submit: dict[Path, int] = {}
     launches: dict[Path, int] = {}
     gave_up: set[Path] = set()
     settled_sizes: set[str] = set()
-    job = cells.CellJob(timeout_min=parameters.get("timeout_min") or parameters.get("time"))
+    job = cells.CellJob(timeout_min=parameters.get("timeout_min") or parameters.get("time"),
+                        supervise=True if config.executor == "local" else None)
     bar = _Progress(total=0, enabled=progress, echo=echo)
     reported: set[Path] = set()
 
@@ -396,6 +402,8 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
             time.sleep(poll_s)
     finally:
         bar.close()
+        if isinstance(executor, WorkerPool):
+            executor.shutdown()
     return SweepResult(dir=plan.out, status=sweep_status(plan.out, echo), extensions=meta["extensions"],
                        gave_up=sorted(gave_up))
 

@@ -70,6 +70,9 @@ class SweepConfig:
     Budget: ``steps`` or ``tokens`` (tokens -> steps = ceil(tokens / (batch_size * seq_len))),
     else the trainer's default steps. Warmup is ``warmup_fraction`` of the steps and the cosine
     decays over all steps, unless ``train.optimizer`` sets ``warmup_steps``/``decay_steps``.
+    ``memory_gb``: memory the cells on this machine may share (None: what is available now; see
+    :func:`check_memory`). ``keep_checkpoints``: keep each final cell's newest checkpoint (by
+    default a cell's checkpoints are removed once it is final).
     ``train`` holds any other ``TrainConfig`` keys (batch_size, data.seq_len, optimizer.betas, ...);
     the peak LR (``optimizer.lr``) is each cell's own.
     """
@@ -90,6 +93,7 @@ class SweepConfig:
     executor: str = "local"
     max_parallel: int | None = None
     memory_gb: float | None = None
+    keep_checkpoints: bool = False
     out: str | None = None
     name: str | None = None
     train: dict[str, Any] = dataclasses.field(default_factory=dict)

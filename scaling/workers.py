@@ -33,7 +33,17 @@ def _warm_up(threads: int, parent: int) -> None:
     """Runs once in each worker: its thread budget, the imports every cell needs, an orphan watch."""
     # before torch is imported: intra-op pools sized to this worker's share of the cores
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import mm1model.train  # noqa: F401,PLC0415 - the point of a warm worker: torch and the trainer, once
+    import torch  # noqa: PLC0415 - the point of a warm worker: torch and the trainer, once
+
+    import torch.utils.tensorboard  # noqa: F401,PLC0415 - the trainer's event files: 0.5 s of imports
+
+    import mm1model.train  # noqa: F401,PLC0415
+
+    # the worker itself computes on one thread (its data caches), so no OpenMP pool exists when it
+    # forks a cell's trainer, which then sizes its own pool (GNU OpenMP is not fork-safe)
+    torch.set_num_threads(1)
+    # the first optimizer a process builds imports torch._dynamo (1.7 s here): pay it now
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 

@@ -33,6 +33,11 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--executor", type=click.Choice(EXECUTORS), default=None,
               help="local: subprocesses on this machine; slurm: a job array; debug: in-process.")
 @click.option("--max-parallel", type=int, help="Most cells running at once.")
+@click.option("--batch-size", type=int, help="Global batch in sequences [CPU sizes 8, the paper's 512].")
+@click.option("--micro-batch-size", type=int, help="Sequences per process per forward (gradient accumulation).")
+@click.option("--seq-len", type=int, help="Tokens per sequence [CPU sizes 128, the paper's 4096].")
+@click.option("--memory-gb", type=float,
+              help="Memory the local cells may share, GB [what this machine has available now].")
 @click.option("--max-retries", type=int, help="Retries of a failed cell.")
 @click.option("--parametrization", type=click.Choice(["sp", "mup", "completep"]), default=None,
               help="Model parametrization of every cell (default: the file's, else sp).")
@@ -45,15 +50,16 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Keep the newest checkpoint of each finished cell (default: remove them once a cell is final).")
 @click.option("--dry-run", is_flag=True, help="List cells, LRs and resources per job; submit nothing.")
-def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, executor, max_parallel,
-                  max_retries, parametrization, base_size, alpha, out, arms, no_wait, keep_checkpoints,
-                  dry_run) -> None:
+def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, executor, max_parallel, batch_size,
+                  micro_batch_size, seq_len, memory_gb, max_retries, parametrization, base_size, alpha, out, arms,
+                  no_wait, keep_checkpoints, dry_run) -> None:
     """Run (or resume) a learning-rate grid: one trainer run per (size, lr, seed). A sweep file
     with arms runs each arm as its own sweep, in OUT/ARM."""
     flags = dict(sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()) if sizes is not None else None,
                  lrs=_floats(lrs, "--lrs"), points=points, span=span, seeds=seeds, steps=steps, tokens=tokens,
-                 executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out,
-                 model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha})
+                 executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out, memory_gb=memory_gb,
+                 model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha},
+                 shape={"batch_size": batch_size, "micro_batch_size": micro_batch_size, "seq_len": seq_len})
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
     result = run_sweeps(config_path, chosen, flags, dry_run=dry_run, no_wait=no_wait, echo=click.echo,
                         keep_checkpoints=keep_checkpoints or None)
