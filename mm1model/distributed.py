@@ -9,6 +9,7 @@ ranks 1-7 would ask for a device that does not exist). :func:`task_device` check
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +71,39 @@ def init_distributed(device_type: str) -> Dist:
         return Dist()
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        store = loopback_store(world_size)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world_size)
         owns = True
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, owns_group=owns)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost")
+_listening: list[socket.socket] = []  # the loopback store's socket lives as long as the process
+
+
+def loopback_store(world_size: int) -> dist.TCPStore | None:
+    """For processes of one machine (MASTER_ADDR 127.0.0.1, as local launches and sweeps export
+    it): the rendezvous store, its server bound to loopback only. torch's own store listens on
+    every interface whatever MASTER_ADDR says, so rank 0 hands it a socket already bound to
+    127.0.0.1. None where the default store is wanted (another address, or torchrun's agent store)."""
+    addr = os.environ.get("MASTER_ADDR")
+    if addr not in _LOOPBACK or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    port, rank = int(os.environ["MASTER_PORT"]), int(os.environ["RANK"])
+    listen_fd = None
+    if rank == 0:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        _listening.append(sock)
+        listen_fd = sock.fileno()
+    return dist.TCPStore("127.0.0.1", port, world_size, rank == 0, master_listen_fd=listen_fd,
+                         wait_for_workers=False)
 
 
 def gather_objects(obj: Any, ddp: Dist) -> list[Any]:
