@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from mm1model.model import MM1, MM1Config
 from mm1model.parametrization import init_parametrized, param_groups, param_rules, parametrize, set_group_lrs
 from mm1model.sizes import FAMILIES, family_of, get_size, size_names, size_table
 from scaling.cli import main
+from test_train import run_on_loopback
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -233,13 +231,14 @@ _FSDP_SCRIPT = textwrap.dedent('''
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
     from mm1model.config import replace
+    from mm1model.distributed import init_distributed
     from mm1model.model import MM1
     from mm1model.parallelize import parallelize
     from mm1model.parametrization import init_parametrized, param_groups, parametrize, set_group_lrs
     from mm1model.sizes import get_size
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    init_distributed("cpu")  # on a store bound to 127.0.0.1
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = parametrize(replace(get_size("w64"), parametrization="mup", base_size="w32"))
     g = torch.Generator().manual_seed(0)
@@ -293,10 +292,7 @@ def test_two_process_fsdp2_keeps_group_lrs_and_follows_one_process(tmp_path):
     one = _train_steps(model, _optimizer(model), range(4), 1e-2)
     script = tmp_path / "fsdp_mup.py"
     script.write_text(_FSDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "ckpt.pt")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=240)
+    proc = run_on_loopback(2, [str(script), str(tmp_path / "ckpt.pt")], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     two = json.loads(line[len("RESULT "):])

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +53,29 @@ def small(corpus: str, run_dir: Path, **changes) -> TrainConfig:
             "batch_size": 8, "steps": 30, "eval_interval": 10, "eval_sequences": 16,
             "checkpoint_interval": 5, "threads": 1, "run_dir": str(run_dir)}
     return from_dict(TrainConfig, {**base, **changes})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_on_loopback(nproc: int, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python ARGV`` in ``nproc`` processes that meet on 127.0.0.1 (RANK / WORLD_SIZE /
+    MASTER_ADDR / MASTER_PORT, as torchrun sets them, but nothing listens beyond loopback:
+    mm1model.distributed.loopback_store). Returns rank 0's stdout and every rank's stderr, and
+    the first non-zero exit code."""
+    port = free_port()
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc), "GLOO_SOCKET_IFNAME": "lo"}
+        procs.append(subprocess.Popen([PYTHON, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    return subprocess.CompletedProcess(argv, code, outs[0][0], "".join(err for _, err in outs))
 
 
 def step_rows(run_dir: Path) -> list[dict]:

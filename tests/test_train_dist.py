@@ -13,10 +13,7 @@ The 2-process checkpoint then resumes in 1 process (full state dicts) and stays 
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -24,7 +21,7 @@ from mm1model import records
 from mm1model.config import to_dict
 from mm1model.train import train
 
-from test_train import REPO, corpus, small, step_rows  # noqa: F401 (corpus is a fixture)
+from test_train import corpus, run_on_loopback, small, step_rows  # noqa: F401 (corpus is a fixture)
 
 
 def test_two_process_fsdp2_follows_the_one_process_trajectory(corpus, tmp_path):  # noqa: F811
@@ -33,10 +30,7 @@ def test_two_process_fsdp2_follows_the_one_process_trajectory(corpus, tmp_path):
     config = small(corpus, tmp_path / "two", **common)
     path = tmp_path / "two.json"
     records.write_json(path, to_dict(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mm1model.train", str(path)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_on_loopback(2, ["-m", "mm1model.train", str(path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = records.read_json(tmp_path / "two" / "result.json")
     assert records.read_json(tmp_path / "two" / "config.json")["world_size"] == 2
