@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mm1model import paper
 from scaling.launch import EXECUTORS, run_launch
 
 
@@ -29,21 +30,21 @@ def _given(**values) -> dict:
 @click.option("--mem-per-node", type=float, help="SLURM memory per node in GB (default: the cluster's).")
 @click.option("--time", "time_limit", default="24:00:00", show_default=True,
               help="SLURM time limit per job; a job that reaches it is requeued and resumes.")
-@click.option("--mfu", type=float, default=0.35, show_default=True, help="Model FLOPs utilisation assumed for time and cost.")
+@click.option("--mfu", type=float, default=paper.TORCHTITAN_MFU, show_default=True, help="Model FLOPs utilisation assumed for time and cost.")
 @click.option("--micro-batch-size", type=int, help="Sequences per rank per forward (default: the largest that fits).")
 @click.option("--activation-checkpointing/--no-activation-checkpointing", default=None,
               help="Force activation checkpointing on or off (default: only when needed).")
-@click.option("--steps", type=int, help="Optimizer steps [200000].")
+@click.option("--steps", type=int, help=f"Optimizer steps [{paper.STEPS}].")
 @click.option("--peak-lr", type=float, help="Override the law's peak LR.")
-@click.option("--warmup-steps", type=int, help="Linear warmup steps [2000].")
+@click.option("--warmup-steps", type=int, help=f"Linear warmup steps [{paper.WARMUP_STEPS}].")
 @click.option("--decay-steps", type=int, help="Cosine decay length in steps [= --steps].")
-@click.option("--min-lr-ratio", type=float, help="Final LR / peak LR [0.1].")
-@click.option("--weight-decay", type=float, help="Decoupled weight decay lambda [0.1 x peak LR].")
-@click.option("--batch-size", type=int, help="Global batch in sequences [512].")
-@click.option("--seq-len", type=int, help="Tokens per sequence [4096].")
-@click.option("--max-images", type=int, help="Images per sequence at most [16].")
-@click.option("--grad-clip", type=float, help="Gradient clipping max norm [1.0].")
-@click.option("--z-loss", type=float, help="z-loss coefficient [1e-4 at 30B, else 0].")
+@click.option("--min-lr-ratio", type=float, help=f"Final LR / peak LR [{paper.MIN_LR_RATIO:g}].")
+@click.option("--weight-decay", type=float, help=f"Decoupled weight decay lambda [{paper.WEIGHT_DECAY_RATIO:g} x peak LR].")
+@click.option("--batch-size", type=int, help=f"Global batch in sequences [{paper.BATCH_SIZE}].")
+@click.option("--seq-len", type=int, help=f"Tokens per sequence [{paper.SEQ_LEN}].")
+@click.option("--max-images", type=int, help=f"Images per sequence at most [{paper.MAX_IMAGES}].")
+@click.option("--grad-clip", type=float, help=f"Gradient clipping max norm [{paper.GRAD_CLIP:g}].")
+@click.option("--z-loss", type=float, help=f"z-loss coefficient [{paper.Z_LOSS:g} at {', '.join(paper.Z_LOSS_SIZES)}, else 0].")
 @click.option("--eval-interval", type=int, help="Steps between validation evaluations.")
 @click.option("--checkpoint-interval", type=int, help="Steps between checkpoints.")
 @click.option("--corpus", type=click.Path(file_okay=False), help="Prepared corpus directory (default: $MM1_CORPUS or the cache).")
