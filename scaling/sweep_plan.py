@@ -22,6 +22,7 @@ from typing import Any
 
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, param_counts
+from mm1model.model import MM1Config
 from mm1model.paper import mm1_peak_lr
 from mm1model.sizes import default_shape, get_size
 from mm1model.train_config import TrainConfig, model_config
@@ -347,7 +348,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
                               lrs=_grid(config, size, params), seeds=config.seeds_by_size.get(size, config.seeds),
                               steps=steps, tokens=tokens,
                               batch_size=batch_size, seq_len=seq_len, flops=flops))
-    plans, max_parallel = check_memory(config, train, plans, max_parallel)
+    plans, max_parallel = check_memory(config, train, plans, models, max_parallel)
     name = config.name or "sweep-" + "_".join(config.sizes)
     out = Path(config.out) if config.out else Path("runs") / name
     return SweepPlan(config=config, out=out, sizes=tuple(plans), train=train, max_parallel=max_parallel)
@@ -369,27 +370,33 @@ def host_available_gb() -> float:
     return host_memory_bytes() / GB
 
 
-def _cell_plan(config: SweepConfig, train: dict[str, Any], size: str, limit_gb: float | None,
-               micro_batch_size: int | None, activation_checkpointing: bool | None):
-    """The planner's :class:`scaling.plan.Plan` of one cell of ``size``: its processes (one per GPU
-    on SLURM, one on this machine), each with ``limit_gb`` of memory."""
+def cell_plan_config(config: SweepConfig, train: dict[str, Any], model: MM1Config, limit_gb: float | None,
+                     micro_batch_size: int | None, activation_checkpointing: bool | None) -> PlanConfig:
+    """The launch planner's view of one cell of ``model`` (the size's config as the trainer builds
+    it): its processes (one per task of a SLURM job, one on this machine), each with ``limit_gb``
+    of memory on CPUs (a GPU's memory comes from ``[slurm] gpu`` / ``gpu_mem_gb``)."""
     s = config.slurm
-    gpus = config.executor == "slurm" and s.gpus_per_node > 0
+    on_slurm = config.executor == "slurm"
+    gpus = on_slurm and s.gpus_per_node > 0
     data = train["data"]
-    tokens_per_image = model_config(from_dict(TrainConfig, {**train, "size": size}, where="[train]")).tokens_per_image
-    images = min(int(data["max_images"]), int(data["seq_len"]) // (tokens_per_image + 2))
-    job = PlanConfig(size=size, model=dict(train.get("model") or {}), batch_size=int(train["batch_size"]),
-                     seq_len=int(data["seq_len"]), max_images=int(data["max_images"]), images_per_sequence=images,
-                     steps=int(train["steps"]), z_loss=train.get("z_loss"),
-                     nodes=s.nodes if config.executor == "slurm" else 1,
-                     gpus_per_node=s.tasks_per_node if config.executor == "slurm" else 1,
-                     device="cuda" if gpus else "cpu", gpu=s.gpu, gpu_mem_gb=limit_gb if not gpus else s.gpu_mem_gb,
-                     micro_batch_size=micro_batch_size, activation_checkpointing=activation_checkpointing,
-                     reduce_every_micro_batch=bool(train.get("reduce_every_micro_batch", True)))
-    return make_plan(job)
+    images = min(int(data["max_images"]), int(data["seq_len"]) // (model.tokens_per_image + 2))
+    return PlanConfig(size=model.name, model=dict(train.get("model") or {}), batch_size=int(train["batch_size"]),
+                      seq_len=int(data["seq_len"]), max_images=int(data["max_images"]), images_per_sequence=images,
+                      steps=int(train["steps"]), z_loss=train.get("z_loss"), nodes=s.nodes if on_slurm else 1,
+                      gpus_per_node=s.tasks_per_node if on_slurm else 1, device="cuda" if gpus else "cpu",
+                      gpu=s.gpu, gpu_mem_gb=s.gpu_mem_gb if gpus else limit_gb, micro_batch_size=micro_batch_size,
+                      activation_checkpointing=activation_checkpointing,
+                      reduce_every_micro_batch=bool(train.get("reduce_every_micro_batch", True)),
+                      partition=s.partition, time=str(s.timeout_min), cpus_per_task=s.cpus_per_task)
 
 
-def check_memory(config: SweepConfig, train: dict[str, Any], plans: list[SizePlan],
+def trainer_micro_batch(config: SweepConfig, train: dict[str, Any]) -> int:
+    """The micro-batch a cell's trainer runs: the configured one, else the whole per-rank batch."""
+    world = config.slurm.nodes * config.slurm.tasks_per_node if config.executor == "slurm" else 1
+    return train.get("micro_batch_size") or int(train["batch_size"]) // world
+
+
+def check_memory(config: SweepConfig, train: dict[str, Any], plans: list[SizePlan], models: dict[str, MM1Config],
                  max_parallel: int) -> tuple[list[SizePlan], int]:
     """Each cell's peak memory per process from the planner, held against what the executor
     offers: a GPU's memory (less the planner's reserve) on SLURM with GPUs; ``slurm.mem_gb`` over
@@ -408,17 +415,16 @@ def check_memory(config: SweepConfig, train: dict[str, Any], plans: list[SizePla
         budget, limit = None, s.mem_gb / s.tasks_per_node
     else:
         return plans, max_parallel
-    world = s.nodes * s.tasks_per_node if not local else 1
-    # the trainer's micro-batch: the configured one, else the whole per-rank batch at once
-    micro = train.get("micro_batch_size") or int(train["batch_size"]) // world
+    micro = trainer_micro_batch(config, train)
     ac = bool(train.get("activation_checkpointing", False))
     base = 0.0 if s.gpus_per_node and not local else CPU_PROCESS_GB  # a GPU's memory holds tensors only
     tensors_limit = None if limit is None else max(limit - base, 1e-3)
     checked, needs = [], []
     for sp in plans:
-        cell = _cell_plan(config, train, sp.size, tensors_limit, micro, ac)
+        model = models[sp.size]
+        cell = make_plan(cell_plan_config(config, train, model, tensors_limit, micro, ac), model)
         if not cell.fits:
-            free = _cell_plan(config, train, sp.size, tensors_limit, None, None)
+            free = make_plan(cell_plan_config(config, train, model, tensors_limit, None, None), model)
             where = (f"{limit:.1f} GB of memory here" if local else
                      f"{cell.usable_mem_gb:g} GB usable per GPU" if s.gpus_per_node else f"{limit:.1f} GB per task")
             if free.fits:
@@ -476,17 +482,16 @@ def slurm_job_parameters(plan: SweepPlan) -> dict[str, Any]:
 
     ``signal_delay_s`` (how long before the time limit SLURM signals the job, so the trainer can
     checkpoint and be requeued) follows the launch planner's rule, :func:`scaling.plan.slurm_parameters`:
-    three step times of the sweep's largest size as the planner estimates them on GPUs, and at
-    least two minutes."""
+    three step times and twice the checkpoint's save time of the sweep's largest size as the
+    planner estimates them on GPUs, and at least two minutes."""
     s = plan.config.slurm
     largest = max(plan.sizes, key=lambda sp: sp.params)
-    job = PlanConfig(size=largest.size, model=dict(plan.train.get("model") or {}), batch_size=largest.batch_size,
-                     seq_len=largest.seq_len, max_images=plan.train["data"]["max_images"], steps=largest.steps,
-                     nodes=s.nodes, gpus_per_node=s.tasks_per_node,
-                     device="cuda" if s.gpus_per_node else "cpu", partition=s.partition, time=str(s.timeout_min),
-                     cpus_per_task=s.cpus_per_task)
-    step_time_s = make_plan(job).step_time_s if s.gpus_per_node else None
-    params = slurm_parameters(job, s.nodes, f"sweep-{plan.out.name}", step_time_s)
+    model = model_config(from_dict(TrainConfig, {**plan.train, "size": largest.size}, where="[train]"))
+    job = cell_plan_config(plan.config, plan.train, model, None, trainer_micro_batch(plan.config, plan.train),
+                           bool(plan.train.get("activation_checkpointing", False)))
+    cell = make_plan(job, model) if s.gpus_per_node else None
+    params = slurm_parameters(job, s.nodes, f"sweep-{plan.out.name}", cell and cell.step_time_s,
+                              cell and cell.save_time_s)
     # a sweep asks for GPUs apart from tasks, and for memory per job in GiB
     params.pop("gpus_per_node", None)
     if s.gpus_per_node:
