@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import submitit
 
@@ -63,18 +63,41 @@ RECORDS = ("cell.json", "attempts.json", "result.json")
 DAMAGED_DIR = "damaged"
 # The signal submitit's scheduler sends before a time limit or a preemption (submitit's own setting).
 PREEMPT_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-_CELL_NAME = re.compile(r"lr=(?P<lr>[-+0-9.eE]+)_seed=(?P<seed>\d+)")
+_CELL_NAME = re.compile(r"lr=(?P<lr>[-+0-9.eE]+)(?:_bs=(?P<bs>\d+))?(?:_steps=(?P<steps>\d+))?_seed=(?P<seed>\d+)")
 
 
-def cell_name(lr: float, seed: int) -> str:
-    """Directory name of a cell, e.g. ``lr=3.16e-04_seed=0`` (lr to 3 significant digits)."""
-    return f"lr={lr:.2e}_seed={seed}"
+class CellName(NamedTuple):
+    """What a cell directory's name says: the peak lr and seed, and the global batch (sequences)
+    and horizon (steps) where the sweep varies them (None where the name leaves them out)."""
+
+    lr: float
+    seed: int
+    batch_size: int | None = None
+    steps: int | None = None
+
+    @property
+    def sort_key(self) -> tuple[float, int, int, int]:
+        """lr, batch, steps, seed: the order cells are listed in."""
+        return self.lr, self.batch_size or 0, self.steps or 0, self.seed
 
 
-def parse_cell_name(name: str) -> tuple[float, int] | None:
-    """(lr, seed) of a cell directory's name (the inverse of :func:`cell_name`), None for another name."""
+def cell_name(lr: float, seed: int, batch_size: int | None = None, steps: int | None = None) -> str:
+    """Directory name of a cell: ``lr=3.16e-04_seed=0`` (lr to 3 significant digits), with the
+    global batch and the horizon where the sweep has several of them:
+    ``lr=3.16e-04_bs=16_steps=600_seed=0`` (see :func:`scaling.sweep_plan.name_axes`)."""
+    return (f"lr={lr:.2e}" + (f"_bs={batch_size}" if batch_size is not None else "")
+            + (f"_steps={steps}" if steps is not None else "") + f"_seed={seed}")
+
+
+def parse_cell_name(name: str) -> CellName | None:
+    """The :class:`CellName` of a cell directory's name (the inverse of :func:`cell_name`, every
+    form), None for another name."""
     match = _CELL_NAME.fullmatch(name)
-    return (float(match["lr"]), int(match["seed"])) if match else None
+    if not match:
+        return None
+    return CellName(lr=float(match["lr"]), seed=int(match["seed"]),
+                    batch_size=int(match["bs"]) if match["bs"] else None,
+                    steps=int(match["steps"]) if match["steps"] else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +110,8 @@ class CellState:
     attempt failed (never None for a failed cell). ``damaged``: one line per file of the cell
     that cannot be read (path and why); such a cell is not final, and the next sweep moves those
     files aside (:func:`quarantine`) and runs it again. ``wall_s``: the trainer's wall time of a
-    final cell.
+    final cell. ``batch_size`` and ``steps``: the cell's batch and horizon as its directory's name
+    says them (None where the sweep has one batch or one horizon, which its names leave out).
     """
 
     path: Path
@@ -101,6 +125,14 @@ class CellState:
     error: str | None
     damaged: tuple[str, ...] = ()
     wall_s: float | None = None
+    batch_size: int | None = None
+    steps: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``100K lr=3.00e-03 seed=0``: the size and what the cell's directory name says (batch
+        and horizon included where the sweep varies them), for progress and failure lines."""
+        return f"{self.size} {self.path.name.replace('_', ' ')}"
 
 
 class DamagedRecord(ConfigError):
@@ -145,11 +177,14 @@ def write_record(path: str | os.PathLike, obj: Any) -> None:
         raise
 
 
-def write_cell(path: Path, size: str, lr: float, seed: int, train: dict[str, Any]) -> None:
-    """Create the cell's directory and ``cell.json`` (kept as is when it already exists)."""
+def write_cell(path: Path, size: str, lr: float, seed: int, train: dict[str, Any],
+               **extra: Any) -> None:
+    """Create the cell's directory and ``cell.json`` (kept as is when it already exists).
+    ``extra``: what else the sweep records of the cell (a WSD branch's ``trunk`` and
+    ``branch_step``, see :func:`branch_init`)."""
     path = Path(path)
     if not (path / "cell.json").exists():
-        write_record(path / "cell.json", {"size": size, "lr": lr, "seed": seed, "train": train})
+        write_record(path / "cell.json", {"size": size, "lr": lr, "seed": seed, **extra, "train": train})
 
 
 def read_attempts(path: Path) -> list[dict[str, Any]]:
@@ -177,6 +212,51 @@ def final_result(path: Path) -> dict[str, Any] | None:
 def has_checkpoint(path: Path) -> bool:
     """Whether the trainer would resume this cell (a temporary file of a torn write does not count)."""
     return bool(checkpoint_paths(Path(path)))
+
+
+# ------------------------------------------------------------------------------------ WSD branches
+def step_dir(run_dir: Path, step: int) -> Path:  # PENDING-WSD: mm1model.checkpoint.step_dir once merged
+    return checkpoint_dir(Path(run_dir)) / f"step_{step:08d}"
+
+
+def branch_init(path: Path, cell: dict[str, Any]) -> Path | None:
+    """The checkpoint a WSD branch cell starts from: its trunk's (``cell.json``'s ``trunk``, a
+    cell of the same size directory) at ``branch_step``, the branch's cooldown start. None for
+    any other cell. Resolved from the cell's own path when the job runs, as ``run_dir`` is, so a
+    sweep directory may move between runs."""
+    if not cell.get("trunk"):
+        return None
+    return step_dir(Path(path).parent / str(cell["trunk"]), int(cell["branch_step"]))
+
+
+def trainer_config(path: Path, cell: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig the cell at ``path`` runs: its ``cell.json``'s ``train``, its run_dir and,
+    for a WSD branch, ``init_from`` (:func:`branch_init`)."""
+    train = {**cell["train"], "run_dir": str(path)}
+    init = branch_init(path, cell)
+    if init is not None:
+        train["init_from"] = str(init)
+    return from_dict(TrainConfig, train)
+
+
+def settle_diverged_branch(path: Path, cell: dict[str, Any], trunk: dict[str, Any]) -> None:
+    """Make a WSD branch final without training it: its trunk (``trunk``: the trunk's
+    result.json) diverged at or before the branch's start, so a straight run to the branch's
+    horizon diverges at the same step. Writes the branch's ``config.json`` and a ``result.json``
+    with status diverged and the trunk's ``diverged_at_step``, as the trainer would have."""
+    path = Path(path)
+    config = {**cell["train"], "run_dir": str(path), "init_from": str(branch_init(path, cell))}
+    at = int(trunk["diverged_at_step"])
+    seq_len = int(trunk.get("seq_len") or cell["train"]["data"]["seq_len"])
+    batch = int(cell["train"]["batch_size"])
+    write_record(path / "config.json", config)
+    write_record(path / "result.json", {
+        "status": "diverged", "final_val_loss": None, "best_val_loss": None, "val_loss_by_source": {},
+        "steps": at, "tokens": at * batch * seq_len, "wall_s": 0.0, "params": trunk.get("params"),
+        "lr": cell["lr"], "size": cell["size"], "batch_size": batch, "seq_len": seq_len, "seed": cell["seed"],
+        "run_dir": str(path), "diverged_at_step": at,
+        "error": f"its trunk {cell['trunk']} diverged at step {at}, at or before this branch's start "
+                 f"(step {cell['branch_step']}): not trained"})
 
 
 def prune_checkpoints(path: Path, keep_last: bool = False) -> None:
@@ -327,9 +407,10 @@ def cell_state(path: Path) -> CellState:
     path = Path(path)
     cell, attempts, result, damaged = read_cell_files(path)
     identity = _identity(cell)
+    named = parse_cell_name(path.name) or CellName(lr=math.nan, seed=-1)
     if identity is None:
-        lr, seed = parse_cell_name(path.name) or (math.nan, -1)
-        identity = (path.parent.name, lr, seed)
+        identity = (path.parent.name, named.lr, named.seed)
+    batch_size, steps = named.batch_size, named.steps
     running = lock_owner(path) is not None
     failures = sum(1 for a in attempts if a.get("outcome") == "failed")
     # an attempt without an outcome and without a live lock died hard (kill -9, OOM, node loss)
@@ -357,7 +438,8 @@ def cell_state(path: Path) -> CellState:
         status = "pending"
     size, lr, seed = identity
     return CellState(path=path, size=size, lr=lr, seed=seed, status=status, attempts=len(attempts),
-                     failures=failures, loss=loss, error=error, damaged=tuple(damaged.values()), wall_s=wall_s)
+                     failures=failures, loss=loss, error=error, damaged=tuple(damaged.values()), wall_s=wall_s,
+                     batch_size=batch_size, steps=steps)
 
 
 # ------------------------------------------------------------------------------------ the job
@@ -477,7 +559,7 @@ class CellJob(submitit.helpers.Checkpointable):
     def _supervise(self, path: Path, cell: dict[str, Any], book: _Book,
                    stop: threading.Event) -> tuple[str, str | None, int | None]:
         if self.supervise:  # a warm worker: its corpus index and validation set outlive the cell
-            warm_data(from_dict(TrainConfig, {**cell["train"], "run_dir": str(path)}))
+            warm_data(trainer_config(path, cell))
         read_end, write_end = os.pipe()
         parent = os.getpid()
         child = os.fork()
@@ -544,7 +626,7 @@ class CellJob(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _train(path: Path, cell: dict[str, Any]) -> dict[str, Any]:
-        outcome = train(from_dict(TrainConfig, {**cell["train"], "run_dir": str(path)}))
+        outcome = train(trainer_config(path, cell))
         return {"status": outcome.status, "path": str(path)}
 
     def _timed_out(self) -> bool:

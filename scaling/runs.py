@@ -4,6 +4,10 @@ The runs table is the contract between ``scaling sweep`` and ``scaling fit``: on
 settled run with the columns :data:`RUN_COLUMNS`. ``loss`` is the final validation loss in nats
 per token, NaN when the run diverged or failed; a diverged run ranks worse than any finite loss
 (see :func:`rank_key`). ``params`` is N, the language model's non-embedding parameter count.
+``steps`` and ``tokens`` are the run's horizon as it was planned (``steps x batch_size x
+seq_len`` tokens, D), also for a run that diverged or failed before it: a row belongs to the
+curve of its (size, batch_size, steps). ``schedule`` is the run's LR schedule (``cosine``,
+``wsd``): a law holds for the schedule it was swept with.
 
 One reader, :func:`run_row`, turns a trainer run directory (``config.json`` + ``result.json``,
 as :mod:`mm1model.train` writes it) into a row. :func:`collect_runs` uses it for the cells of a
@@ -31,11 +35,11 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError
-from scaling.cells import (DAMAGED_DIR, FINAL, CellState, DamagedRecord, cell_state, parse_cell_name, read_attempts,
-                           read_record, read_result)
+from scaling.cells import (DAMAGED_DIR, FINAL, CellName, CellState, DamagedRecord, cell_state, parse_cell_name,
+                           read_attempts, read_record, read_result)
 
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
-               "wall_s", "path", "parametrization")
+               "wall_s", "path", "parametrization", "seq_len", "schedule")
 SETTLED = ("ok", "diverged", "failed")
 # What a refusal of mixed parametrizations suggests instead.
 SIDE_BY_SIDE = "(`scaling compare` sets them side by side)"
@@ -131,7 +135,7 @@ def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
     """One runs-table row (:data:`RUN_COLUMNS` plus ``params_lm_total``) of a trainer run
     directory: its ``result.json`` read with its TrainConfig dict, ``config`` (None: the
     directory's ``config.json``). ``planned``: what a sweep planned for the run's size
-    (``params``, ``tokens``, ``batch_size``), used where the run recorded none. A run without a
+    (``params``, ``tokens``, ``batch_size``, ``seq_len``), used where neither records it. A run without a
     result.json (it failed before writing one) keeps its config's values; ``status`` is then the
     caller's to decide (a sweep reads it from its cells' attempts)."""
     run_dir = Path(run_dir)
@@ -143,21 +147,28 @@ def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
     if not isinstance(params, (int, float)):
         params = planned.get("params")
     batch_size = config.get("batch_size", result.get("batch_size", planned.get("batch_size")))
+    seq_len = (config.get("data") or {}).get("seq_len", result.get("seq_len", planned.get("seq_len")))
+    steps = config.get("steps") or result.get("steps")
+    # the planned horizon, a diverged or failed run's too (its result counts the steps it made)
+    tokens = (int(steps) * int(batch_size) * int(seq_len) if steps and batch_size and seq_len
+              else int(result.get("tokens") or planned.get("tokens") or 0))
     status = result.get("status", "ok")
     loss = result.get("final_val_loss") if status == "ok" else None  # a number beside diverged is no result
     return {
         "size": config.get("size", result.get("size")),
         "params": int(params) if params is not None else None,
-        "tokens": int(result.get("tokens") or planned.get("tokens") or 0),
+        "tokens": tokens,
         "batch_size": int(batch_size or 0),
         "lr": result.get("lr", config.get("lr")),
         "seed": config.get("seed", result.get("seed")),
         "loss": float(loss) if loss is not None else math.nan,
         "status": status,
-        "steps": int(result.get("steps") or config.get("steps") or 0),
+        "steps": int(steps or 0),
         "wall_s": result.get("wall_s"),
         "path": str(run_dir.resolve()),
         "parametrization": parametrization_label(config.get("model") or {}),
+        "seq_len": int(seq_len) if seq_len else None,
+        "schedule": (config.get("optimizer") or {}).get("schedule", result.get("schedule")),
         # The trainer records every count in config.json; --n-convention total reads this one.
         "params_lm_total": (config.get("param_counts") or {}).get("params_lm_total"),
     }
@@ -223,17 +234,15 @@ def read_sweep_meta(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 def _cell_key(path: Path, order: dict[str, int]) -> tuple:
-    try:
-        cell = read_record(path / "cell.json")
-        size, lr, seed = str(cell["size"]), float(cell["lr"]), int(cell["seed"])
-    except (DamagedRecord, FileNotFoundError, KeyError, TypeError, ValueError):
-        # a damaged cell.json: the directory's names say where the cell belongs
-        size, (lr, seed) = path.parent.name, parse_cell_name(path.name) or (math.inf, 0)
-    return order.get(size, len(order)), size, lr, seed
+    # the directory's names say where a cell belongs (its cell.json may be damaged)
+    size = path.parent.name
+    named = parse_cell_name(path.name) or CellName(lr=math.inf, seed=0)
+    return order.get(size, len(order)), size, named.sort_key, path.name
 
 
 def cell_dirs(sweep_dir: str | Path) -> list[Path]:
-    """Every cell directory of a sweep, in a stable order (size as listed in sweep.json, lr, seed)."""
+    """Every cell directory of a sweep, in a stable order (size as listed in sweep.json, lr,
+    batch, horizon, seed)."""
     sweep_dir = Path(sweep_dir)
     meta = read_sweep_meta(sweep_dir)
     order = {size: i for i, size in enumerate(meta.get("sizes", {}))}
@@ -308,15 +317,29 @@ class SizeStatus:
     best_lr: float | None
     best_loss: float | None
     damaged: int = 0
+    batch_size: int | None = None
+    steps: int | None = None
 
 
 def size_status(states: list[CellState]) -> list[SizeStatus]:
-    """Per size, in the order of ``states``: the counts of :class:`SizeStatus` and the best LR."""
+    """Per size, in the order of ``states``: the counts of :class:`SizeStatus` and the best LR;
+    per (size, batch, horizon) curve for a size that has several (``batch_size`` and ``steps``
+    set), since each curve has its own best LR."""
     by_size: dict[str, list[CellState]] = {}
     for state in states:
         by_size.setdefault(state.size, []).append(state)
-    out = []
+    groups: list[tuple[str, int | None, int | None, list[CellState]]] = []
     for size, group in by_size.items():
+        curves: dict[tuple[int | None, int | None], list[CellState]] = {}
+        for state in group:
+            curves.setdefault((state.batch_size, state.steps), []).append(state)
+        if len(curves) == 1:
+            groups.append((size, None, None, group))
+        else:
+            groups += [(size, b, t, g) for (b, t), g in sorted(curves.items(), key=lambda kv: (kv[0][0] or 0,
+                                                                                              kv[0][1] or 0))]
+    out = []
+    for size, batch, steps, group in groups:
         count = {s: sum(1 for c in group if c.status == s) for s in
                  ("ok", "running", "failed", "diverged", "pending", "interrupted", "damaged")}
         best = min(group, key=lambda c: rank_key(c.status, c.loss))
@@ -325,7 +348,8 @@ def size_status(states: list[CellState]) -> list[SizeStatus]:
                               failed=count["failed"], diverged=count["diverged"],
                               pending=count["pending"] + count["interrupted"] + count["damaged"],
                               best_lr=best.lr if has_best else None,
-                              best_loss=best.loss if has_best else None, damaged=count["damaged"]))
+                              best_loss=best.loss if has_best else None, damaged=count["damaged"],
+                              batch_size=batch, steps=steps))
     return out
 
 
@@ -375,28 +399,40 @@ LEFT = ("running", "pending", "interrupted", "damaged")
 
 def sweep_eta(states: list[CellState], parallel: int) -> tuple[float | None, int]:
     """(seconds until every cell left is done, cells left): each cell left (running, pending,
-    interrupted, damaged) takes the mean wall time of its size's finished cells (of all finished
-    cells when its size has none), ``parallel`` at a time. None while no cell has finished."""
+    interrupted, damaged) takes the mean wall time of the finished cells of its (size, batch,
+    horizon), else of its size, else of all finished cells, ``parallel`` at a time. None while
+    no cell has finished."""
     left = [st for st in states if st.status in LEFT]
-    walls: dict[str, list[float]] = {}
+    walls: dict[Any, list[float]] = {}
     for st in states:
         if st.status in FINAL and st.wall_s is not None:
             walls.setdefault(st.size, []).append(float(st.wall_s))
-    every = [w for ws in walls.values() for w in ws]
+            walls.setdefault((st.size, st.batch_size, st.steps), []).append(float(st.wall_s))
+    every = [w for key, ws in walls.items() if isinstance(key, str) for w in ws]
     if not left:
         return 0.0, 0
     if not every:
         return None, len(left)
-    work = sum(sum(walls.get(st.size, every)) / len(walls.get(st.size, every)) for st in left)
+
+    def mean(st: CellState) -> float:
+        ws = walls.get((st.size, st.batch_size, st.steps)) or walls.get(st.size) or every
+        return sum(ws) / len(ws)
+
+    work = sum(mean(st) for st in left)
     return work / max(1, min(parallel, len(left))), len(left)
 
 
 def format_status(rows: list[SizeStatus]) -> str:
-    """The table `scaling status` prints."""
-    lines = [f"{'size':>6} {'done':>5} {'run':>4} {'fail':>4} {'div':>4} {'wait':>4} {'total':>5}"
-             f"  {'best lr':>9} {'loss':>7}"]
+    """The table `scaling status` prints (with batch and steps columns when a size has several curves)."""
+    curves = any(r.batch_size is not None or r.steps is not None for r in rows)
+
+    def curve(batch: Any, steps: Any) -> str:
+        return f" {batch if batch is not None else '-':>5} {steps if steps is not None else '-':>6}" if curves else ""
+
+    lines = [f"{'size':>6}{curve('batch', 'steps')} {'done':>5} {'run':>4} {'fail':>4} {'div':>4} {'wait':>4} "
+             f"{'total':>5}  {'best lr':>9} {'loss':>7}"]
     for r in rows:
         best = f"{r.best_lr:9.2e} {r.best_loss:7.4f}" if r.best_lr is not None else f"{'-':>9} {'-':>7}"
-        lines.append(f"{r.size:>6} {r.ok:>5} {r.running:>4} {r.failed:>4} {r.diverged:>4} "
-                     f"{r.pending:>4} {r.total:>5}  {best}")
+        lines.append(f"{r.size:>6}{curve(r.batch_size, r.steps)} {r.ok:>5} {r.running:>4} {r.failed:>4} "
+                     f"{r.diverged:>4} {r.pending:>4} {r.total:>5}  {best}")
     return "\n".join(lines)

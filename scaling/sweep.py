@@ -38,6 +38,7 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError, to_dict
+from mm1model.train_config import TrainConfig
 from scaling import cells
 from scaling.executors import check_slurm, job_failure, make_executor
 from scaling.workers import WorkerPool
@@ -45,8 +46,9 @@ from scaling.launch import format_status as format_launch_status, launch_status
 from scaling.runs import (LEFT, REBUILD_SWEEP_JSON, SizeStatus, cell_states, collect_runs, disk_bytes, format_bytes,
                           format_duration, format_status, rank_key, read_sweep_meta, size_status, sweep_eta,
                           sweep_status, write_runs)
-from scaling.sweep_plan import (SweepConfig, SweepPlan, cell_train, describe_plan, executor_parameters,
-                                load_sweep_config, plan_sweep, round_lr, sweep_arms)
+from scaling.sweep_plan import (CELL_TRAIN_KEYS, CellSpec, SweepConfig, SweepPlan, cell_train, describe_plan,
+                                entry_curves, executor_parameters, load_sweep_config, plan_sweep, round_lr,
+                                size_cells, sweep_arms)
 
 # errno values of a full disk (ENOSPC) or a full quota (EDQUOT)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -59,25 +61,86 @@ def size_seeds(meta: dict[str, Any], size: str) -> int:
     return meta["sizes"][size].get("seeds", meta.get("seeds", 1))
 
 
-def _meta_train_key(train: dict[str, Any]) -> dict[str, Any]:
-    """The part of the shared train config that must match for cells to be comparable."""
-    return {k: v for k, v in train.items() if k not in ("threads",)}
+def meta_cells(meta: dict[str, Any]) -> list[CellSpec]:
+    """Every cell a sweep.json describes: per size its LRs (grid and edge extensions) x curves x
+    seeds, named with the sweep's ``axes`` (none in a sweep.json made before the axes)."""
+    axes = tuple(meta.get("axes") or ())
+    out = []
+    for size, entry in meta["sizes"].items():
+        lrs = sorted(set(entry.get("lrs", [])) | set(entry.get("extended", [])))
+        out += size_cells(size, lrs, size_seeds(meta, size), entry_curves(entry, meta["train"]), axes)
+    return out
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "model":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_TRAIN_DEFAULTS = _flat(json.loads(records.dumps(to_dict(TrainConfig()))))
+
+
+def train_diff(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys (dotted) where two TrainConfig dicts differ; a key one of them lacks counts as the
+    trainer's default (a record written before the field existed). ``threads`` never counts: it
+    changes the speed of a run, not its numbers."""
+    a, b = _flat(json.loads(records.dumps(old))), _flat(json.loads(records.dumps(new)))
+    keys = (set(a) | set(b)) - {"threads", *ignore}
+    return sorted(k for k in keys if a.get(k, _TRAIN_DEFAULTS.get(k)) != b.get(k, _TRAIN_DEFAULTS.get(k)))
+
+
+def _write_cell(out: Path, train: dict[str, Any], cell: CellSpec) -> Path:
+    path = out / cell.size / cell.name
+    cells.write_cell(path, cell.size, cell.lr, cell.seed, cell_train(train, cell), **cell.record())
+    return path
 
 
 def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
-    """Create or update DIR/sweep.json and the cell directories; return sweep.json's content."""
+    """Create or update DIR/sweep.json and the cell directories; return sweep.json's content.
+
+    A rerun may add sizes, seeds and LRs; a directory whose cells were planned otherwise (other
+    shared settings, another batch or horizon of a size, a cell.json whose config differs from
+    this plan's) is refused with the settings that differ, before anything is written."""
     path = plan.out / "sweep.json"
     meta = read_sweep_meta(plan.out) if path.exists() else None
     if meta is not None and not (isinstance(meta.get("train"), dict) and isinstance(meta.get("sizes"), dict)):
         raise ConfigError(f"{path} cannot be read (it lacks train or sizes): {REBUILD_SWEEP_JSON}")
     if meta is not None:
-        old, new = _meta_train_key(meta["train"]), _meta_train_key(json.loads(records.dumps(plan.train)))
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = train_diff(meta["train"], plan.train, ignore=CELL_TRAIN_KEYS)
         if diff:
             raise ConfigError(f"{plan.out} holds a sweep with other training settings ({', '.join(diff)}); "
                               "use another --out")
+        old_axes = tuple(meta.get("axes") or ())
+        if old_axes != plan.axes:
+            raise ConfigError(f"{plan.out} holds a sweep whose cell names carry {', '.join(old_axes) or 'lr and seed only'}"
+                              f", this one's {', '.join(plan.axes) or 'lr and seed only'} (its batches or horizons "
+                              "differ); use another --out")
+        for sp in plan.sizes:
+            entry = meta["sizes"].get(sp.size)
+            if entry and entry.get("lrs") and entry_curves(entry, meta["train"]) != sp.curves:
+                raise ConfigError(f"{plan.out} holds {sp.size} at other batches or horizons; use another --out")
     else:
-        meta = {"created_at": time.time(), "train": plan.train, "sizes": {}, "extensions": []}
+        meta = {"created_at": time.time(), "train": plan.train, "sizes": {}, "extensions": [], "axes": list(plan.axes)}
+    for cell in plan.cells():
+        spec = plan.out / cell.size / cell.name / "cell.json"
+        try:
+            existing = cells.read_record(spec, dict, None)
+        except cells.DamagedRecord:
+            continue  # the driver moves it aside and writes it again
+        if isinstance(existing, dict) and isinstance(existing.get("train"), dict):
+            # the shared settings were compared above; here what the cell sets itself
+            shared = tuple(k for k in train_diff(existing["train"], plan.cell_train(cell)) if k not in CELL_TRAIN_KEYS)
+            diff = [k for k in train_diff(existing["train"], plan.cell_train(cell), ignore=shared)]
+            record = cell.record()
+            diff += [key for key in ("trunk", "branch_step") if existing.get(key) != record.get(key)]
+            if diff:
+                raise ConfigError(f"{spec.parent} was planned with other settings ({', '.join(diff)}); "
+                                  "use another --out")
     meta["config"] = to_dict(plan.config)
     meta["max_parallel"] = plan.max_parallel  # what `scaling status --watch` estimates with
     meta.setdefault("extensions", [])
@@ -88,14 +151,12 @@ def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
         # a rerun may add seeds, never drop finished ones (older sweep.json: one global count)
         seeds = max(sp.seeds, entry.get("seeds", meta.get("seeds", 0)))
         entry.update(params=sp.params, mm1_lr=sp.mm1_lr, steps=sp.steps, tokens=sp.tokens,
-                     batch_size=sp.batch_size, seq_len=sp.seq_len, seeds=seeds)
+                     batch_size=sp.batch_size, seq_len=sp.seq_len, seeds=seeds,
+                     batch_sizes=[c.batch_size for c in sp.curves], curves=[c.to_json() for c in sp.curves])
         entry["lrs"] = sorted(set(entry["lrs"]) | set(sp.lrs))
     cells.write_record(path, meta)
-    for size, entry in meta["sizes"].items():
-        for lr in entry["lrs"] + entry["extended"]:
-            for seed in range(size_seeds(meta, size)):
-                cells.write_cell(plan.out / size / cells.cell_name(lr, seed), size, lr, seed,
-                                 cell_train(meta["train"], size, lr, seed))
+    for cell in meta_cells(meta):
+        _write_cell(plan.out, meta["train"], cell)
     return meta
 
 
@@ -117,8 +178,9 @@ class SweepResult:
 
 # ------------------------------------------------------------------------------------ the driver
 def _edge_extension(meta: dict[str, Any], size: str, states: list[cells.CellState],
-                    max_extend: int) -> tuple[float | None, str]:
-    """The LR to add past an edge of ``size``'s grid, or None, and a sentence saying why."""
+                    max_extend: int, label: str | None = None) -> tuple[float | None, str]:
+    """The LR to add past an edge of ``size``'s grid, or None, and a sentence saying why, from
+    ``states``: the cells of one curve of the size (``label`` names it; default the size)."""
     entry = meta["sizes"][size]
     grid = sorted(set(entry["lrs"]) | set(entry["extended"]))
     by_lr: dict[float, list[float]] = {}
@@ -140,15 +202,16 @@ def _edge_extension(meta: dict[str, Any], size: str, states: list[cells.CellStat
     else:
         return None, ""
     done = len(entry["extended"])
+    label = label or size
     if done >= max_extend:
-        return None, (f"{size}: best lr {best:.2e} is still at the {side} edge after {done} extension(s) "
+        return None, (f"{label}: best lr {best:.2e} is still at the {side} edge after {done} extension(s) "
                       f"(limit {max_extend}); the optimum may lie outside the grid")
     if len(grid) > 1:
         ratio = grid[1] / grid[0] if side == "lower" else grid[-1] / grid[-2]
     else:
         ratio = 10 ** 0.5
     new = round_lr(grid[0] / ratio if side == "lower" else grid[-1] * ratio)
-    return new, (f"{size}: best lr {best:.2e} is at the {side} edge of its grid; adding lr {new:.2e} "
+    return new, (f"{label}: best lr {best:.2e} is at the {side} edge of its grid; adding lr {new:.2e} "
                  f"({done + 1}/{max_extend})")
 
 
@@ -283,6 +346,59 @@ def _record_job_end(path: Path, handle: Any, attempts_before: int, owner: dict[s
         cells.release_lock(path)
 
 
+def _size_extensions(meta: dict[str, Any], size: str, specs: dict[Path, CellSpec],
+                     states: dict[Path, cells.CellState], max_extend: int) -> tuple[list[float], list[str]]:
+    """The LRs to add to ``size``'s grid once its cells are settled, and why: each (batch,
+    horizon) curve is judged on its own (:func:`_edge_extension`) and an LR one of them asks for
+    joins the size's grid, so every curve gets it. A rectangular grid is the simplest rule that
+    stays correct under WSD, where a branch's LR needs its trunk at that LR anyway; it costs
+    the cells of the curves whose optimum was inside the grid already."""
+    curves: dict[tuple[int | None, int | None], list[cells.CellState]] = {}
+    for path, spec in specs.items():
+        if spec.size == size:
+            curves.setdefault((spec.batch_size, spec.steps), []).append(states[path])
+    new: list[float] = []
+    why: list[str] = []
+    for (batch, steps), group in sorted(curves.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
+        label = size if len(curves) == 1 else f"{size} batch {batch} x {steps} steps"
+        lr, reason = _edge_extension(meta, size, group, max_extend, label)
+        if reason:
+            why.append(reason)
+        if lr is not None and lr not in new:
+            new.append(lr)
+    return new, why
+
+
+def _branch_blocked(path: Path, spec: CellSpec, states: dict[Path, cells.CellState]) -> str | None:
+    """Why a WSD branch cannot start yet (None: it can): its trunk is not final. A branch runs
+    only after its trunk, which writes the checkpoint it starts from."""
+    trunk = states.get(path.parent / str(spec.trunk))
+    if trunk is None or trunk.status not in cells.FINAL:
+        return f"waits for its trunk {spec.trunk}"
+    return None
+
+
+def _settle_branch(path: Path, spec: CellSpec, owner: dict[str, Any]) -> str | None:
+    """A WSD branch whose trunk is final: make it final when the trunk diverged at or before the
+    branch's start (without training); None when it can run; else why it cannot (its trunk's
+    checkpoint at the branch's start is missing)."""
+    trunk = path.parent / str(spec.trunk)
+    result = cells.final_result(trunk) or {}
+    at = result.get("diverged_at_step") or result.get("steps") or 0
+    if result.get("status") == "diverged" and int(at) <= int(spec.branch_step or 0):
+        if cells.try_lock(path, owner):
+            try:
+                cells.settle_diverged_branch(path, cells.read_record(path / "cell.json"), result)
+            finally:
+                cells.release_lock(path)
+        return None
+    start = cells.step_dir(trunk, int(spec.branch_step or 0))
+    if not start.is_dir():
+        return (f"its trunk's checkpoint {start} is missing (removed by hand?): run the trunk again "
+                f"(move {trunk} aside) or drop this horizon")
+    return None
+
+
 def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *, progress: bool,
            echo: Callable[[str], None], poll_s: float, keep_checkpoints: bool) -> SweepResult:
     config = plan.config
@@ -301,24 +417,25 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
                         supervise=True if config.executor == "local" else None)
     bar = _Progress(total=0, enabled=progress, echo=echo)
     reported: set[Path] = set()
+    pruned: set[Path] = set()
 
-    def all_cells() -> dict[Path, tuple[str, float, int]]:
-        out = {}
-        for size, entry in meta["sizes"].items():
-            for lr in sorted(set(entry["lrs"]) | set(entry["extended"])):
-                for seed in range(size_seeds(meta, size)):
-                    out[plan.out / size / cells.cell_name(lr, seed)] = (size, lr, seed)
-        return out
+    def all_cells() -> dict[Path, CellSpec]:
+        return {plan.out / cell.size / cell.name: cell for cell in meta_cells(meta)}
 
     def repair(path: Path, st: cells.CellState) -> cells.CellState:
         """Move a damaged cell's unreadable files aside, rewrite its cell.json, run it again."""
-        size, lr, seed = identity[path]
         moved = cells.quarantine(path, list(cells.read_cell_files(path)[3]))
-        cells.write_cell(path, size, lr, seed, cell_train(meta["train"], size, lr, seed))
+        _write_cell(plan.out, meta["train"], identity[path])
         bar.note(f"warning: {'; '.join(st.damaged)}: moved into {moved}; the cell runs again")
         return cells.cell_state(path)
 
-    # larger sizes first: the longest jobs start early, which shortens the whole sweep
+    def give_up(path: Path, why: str) -> None:
+        if path not in gave_up:
+            gave_up.add(path)
+            bar.note(f"{states[path].label}: {why}")
+
+    # larger sizes first, then the longest cells (a WSD trunk before the branches that wait for
+    # it): the longest jobs start early, which shortens the whole sweep
     size_rank = {sp.size: -sp.params for sp in plan.sizes}
     try:
         while True:
@@ -327,59 +444,85 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
                     del active[path]
                     _record_job_end(path, handle, attempts_at_submit.pop(path, 0), owner)
             identity = all_cells()
+            branches: dict[Path, list[Path]] = {}
+            for path, spec in identity.items():
+                if spec.trunk:
+                    branches.setdefault(path.parent / spec.trunk, []).append(path)
             states = {p: cells.cell_state(p) for p in identity}
             for path, st in states.items():
                 if st.status == "damaged" and path not in active:
                     states[path] = repair(path, st)
             todo = []
             for path, st in states.items():
-                if path in active or st.status in cells.FINAL or st.status == "running":
+                if path in active or st.status in cells.FINAL or st.status == "running" or path in gave_up:
                     continue
+                spec = identity[path]
+                if spec.trunk:
+                    trunk = path.parent / spec.trunk
+                    if trunk in gave_up:
+                        give_up(path, f"not run: its trunk {spec.trunk} failed")
+                        continue
+                    if _branch_blocked(path, spec, states):
+                        continue
+                    why = _settle_branch(path, spec, owner)
+                    if why:
+                        give_up(path, f"cannot start: {why}")
+                        continue
+                    states[path] = st = cells.cell_state(path)
+                    if st.status in cells.FINAL or st.status == "running":
+                        continue
                 # the retry budget is per invocation: after fixing a cause, a rerun tries again
                 if launches.get(path, 0) > config.max_retries:
-                    if path not in gave_up:
-                        gave_up.add(path)
-                        bar.note(f"{st.size} lr={st.lr:.2e} seed={st.seed}: giving up after "
-                                 f"{st.attempts} attempt(s): {st.error or 'no attempt was recorded'}")
+                    give_up(path, f"giving up after {st.attempts} attempt(s): "
+                                  f"{st.error or 'no attempt was recorded'}")
                     continue
                 todo.append(path)
             for path, st in states.items():
+                # a trunk keeps its checkpoints until every branch that starts from one is final
+                if (st.status in cells.FINAL and path not in pruned
+                        and all(states[b].status in cells.FINAL for b in branches.get(path, []))):
+                    pruned.add(path)
+                    cells.prune_checkpoints(path, keep_last=keep_checkpoints)
                 if path not in reported and (st.status in cells.FINAL or path in gave_up):
                     reported.add(path)
-                    if st.status in cells.FINAL:
-                        cells.prune_checkpoints(path, keep_last=keep_checkpoints)
                     loss = f" loss {st.loss:.4f}" if st.loss is not None else ""
                     if bar.bar is None:
-                        bar.note(f"[{len(reported)}/{len(states)}] {st.size} lr={st.lr:.2e} "
-                                 f"seed={st.seed}: {st.status if path not in gave_up else 'failed'}{loss}")
+                        bar.note(f"[{len(reported)}/{len(states)}] {st.label}: "
+                                 f"{st.status if path not in gave_up else 'failed'}{loss}")
             # edge extension: once every cell of a size is settled
+            extended = False
             for size in list(meta["sizes"]):
                 size_states = [st for p, st in states.items() if st.size == size]
                 settled = all(st.status in cells.FINAL or st.path in gave_up for st in size_states)
                 if not settled or size in settled_sizes:
                     continue
-                new, why = _edge_extension(meta, size, size_states, config.max_extend)
-                if why:
-                    bar.note(why)
-                if new is None:
+                new, why = _size_extensions(meta, size, identity, states, config.max_extend)
+                for line in why:
+                    bar.note(line)
+                if not new:
                     settled_sizes.add(size)
                     continue
-                meta["sizes"][size]["extended"].append(new)
-                meta["extensions"].append({"size": size, "lr": new, "reason": why, "at": time.time()})
+                meta["sizes"][size]["extended"] += new
+                meta["extensions"] += [{"size": size, "lr": lr, "reason": "; ".join(why), "at": time.time()}
+                                       for lr in new]
                 cells.write_record(plan.out / "sweep.json", meta)
-                for seed in range(size_seeds(meta, size)):
-                    path = plan.out / size / cells.cell_name(new, seed)
-                    cells.write_cell(path, size, new, seed, cell_train(meta["train"], size, new, seed))
-                    states[path] = cells.cell_state(path)
-                    todo.append(path)
+                for cell in meta_cells(meta):
+                    if cell.size == size and cell.lr in new:
+                        _write_cell(plan.out, meta["train"], cell)
+                extended = True
+            if extended:
+                continue  # the next pass lists the new cells (a branch waits for its new trunk)
             # a job counts from submission (queued) until its cell is settled
             running = sum(1 for st in states.values() if st.status == "running") + sum(
                 1 for p in active if states[p].status not in (*cells.FINAL, "running"))
             done = sum(1 for st in states.values() if st.status in cells.FINAL)
             bar.update(done + len(gave_up), len(states), running, len(gave_up))
-            todo.sort(key=lambda p: (size_rank.get(states[p].size, 0), states[p].lr, states[p].seed))
+            todo.sort(key=lambda p: (size_rank.get(identity[p].size, 0), -identity[p].steps * identity[p].batch_size,
+                                     identity[p].lr, identity[p].batch_size, identity[p].seed))
             if config.executor == "slurm":
-                batch = todo  # one job array; SLURM throttles it to max_parallel (array_parallelism)
+                # one job array, which SLURM throttles to max_parallel (array_parallelism); cells
+                # that become ready later (retries, WSD branches) fill the slots that free up
+                batch = todo if not active else todo[:max(0, plan.max_parallel - running)]
             elif config.executor == "debug":
                 batch = todo[:1]  # in-process: the cell runs to its end at submission
             else:
@@ -397,7 +540,7 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
                 continue
             if running == 0 and all(st.status in cells.FINAL or p in gave_up for p, st in states.items()):
                 break  # jobs still tearing down after writing their result need no wait
-            if not active and running == 0:
+            if not active and running == 0 and not todo:
                 break
             time.sleep(poll_s)
     finally:
