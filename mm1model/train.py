@@ -10,8 +10,11 @@ are MM1's recipe (McKinzie et al. 2024, appendix B; the numbers in :mod:`mm1mode
   z-loss from the size table (0; 1e-4 at 30B) unless ``z_loss`` is set.
 * Schedule: linear warmup over ``optimizer.warmup_steps`` (2000) then cosine decay to
   ``optimizer.min_lr_ratio`` (10%) of the peak ``optimizer.lr`` at ``optimizer.decay_steps``
-  (200k, counted from step 0, warmup included), flat after. See :func:`lr_multiplier`. The peak
-  LR is always given by the caller: the trainer has no law of its own.
+  (200k, counted from step 0, warmup included), flat after. Or ``optimizer.schedule = "wsd"``
+  (Hagele et al. 2024): the same warmup, the peak until ``optimizer.cooldown_start``, then a
+  ``linear`` or ``1-sqrt`` cooldown over the last ``cooldown_fraction`` (20%) of
+  ``decay_steps`` to the same floor. See :func:`lr_multiplier`. The peak LR is always given by
+  the caller: the trainer has no law of its own.
 * Weight decay decoupled from the learning rate: the per-step decay is ``lambda x s(t)``, with
   ``s(t)`` the schedule multiplier, whatever the peak LR. See :func:`torch_weight_decay`.
 * No weight decay on norms, biases (every parameter with fewer than 2 dimensions) and embeddings
