@@ -33,7 +33,8 @@ Run directory (``run_dir``), every file written atomically (``mm1model.records``
 * ``events.jsonl``: one ``start`` row per trainer start (with the step it resumed from), plus
   ``checkpoint``, ``signal``, ``diverged`` and ``end`` rows. Never truncated.
 * ``result.json``: :class:`TrainResult`, written when the run ends (ok, diverged or failed).
-* ``checkpoints/step_XXXXXXXX/``: the last ``keep_checkpoints`` sharded checkpoints (:mod:`mm1model.checkpoint`).
+* ``checkpoints/step_XXXXXXXX/``: the last ``keep_checkpoints`` sharded checkpoints, plus those of
+  ``save_steps``, kept to the end (:mod:`mm1model.checkpoint`).
 
 A run directory whose ``result.json`` says ok or diverged is final: :func:`train` returns it at
 once. Otherwise :func:`train` resumes from the newest readable checkpoint (a corrupt one is
@@ -395,7 +396,8 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                         unit="step", dynamic_ncols=True)
     board = TensorBoardLog(run_dir, state["step"], enabled=ddp.is_main and config.tensorboard)
     async_save = config.async_checkpoint if config.async_checkpoint is not None else device.type == "cuda"
-    checkpointer = Checkpointer(run_dir, ddp, config.keep_checkpoints, async_save=async_save)
+    checkpointer = Checkpointer(run_dir, ddp, config.keep_checkpoints, async_save=async_save,
+                                kept_steps=config.save_steps)
     wall_at_start, t_start = state["wall_s"], time.time()
     status, diverged_at = "ok", None
     final_loss, by_source = None, {}
@@ -460,8 +462,8 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                 board.evaluation(state["step"], final_loss, by_source)
         # a signal during the last step is moot: the run is about to write its final result
         signalled = bool(stats[3]) and not last
-        if signalled or (config.checkpoint_interval and state["step"] % config.checkpoint_interval == 0
-                         and not last):
+        interval = config.checkpoint_interval and state["step"] % config.checkpoint_interval == 0
+        if signalled or ((interval or state["step"] in config.save_steps) and not last):
             # the preemption checkpoint must be on disk before the signal is handed on
             checkpointer.save(model, optimizer, state, lanes, blocking=signalled)
             board.flush()

@@ -34,9 +34,11 @@ COOLDOWN_SHAPES = ("linear", "1-sqrt")
 FINAL_STATUSES = ("ok", "diverged")
 # Keys config.json adds to the TrainConfig fields; load_config drops them.
 RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
-# Fields that may change between a run and its resumption without changing its trajectory.
+# Fields that may change between a run and its resumption without changing its trajectory
+# (``save_steps`` only adds checkpoints, like ``checkpoint_interval``).
 RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-                     "async_checkpoint", "log_interval", "tensorboard", "compile", "activation_checkpointing")
+                     "save_steps", "async_checkpoint", "log_interval", "tensorboard", "compile",
+                     "activation_checkpointing")
 
 
 @dataclass
@@ -135,6 +137,10 @@ class TrainConfig:
     ``peak_flops``: peak FLOP/s of one device for MFU; None = the datasheet value of the GPU
     (:data:`mm1model.paper.GPU_PEAK_FLOPS`), or no MFU on CPU. ``device``: "cpu", "cuda" or None
     (cuda when available).
+
+    Horizons from one trunk (wsd): ``save_steps``: steps (1 <= s < ``steps``) whose checkpoints
+    are kept whatever ``keep_checkpoints`` says, e.g. the :attr:`OptimizerConfig.cooldown_start`
+    of each shorter horizon. It may change on resume (a step already passed is not saved then).
     """
 
     size: str = "100K"
@@ -161,6 +167,7 @@ class TrainConfig:
     compile: bool = False
     peak_flops: float | None = None
     device: str | None = None
+    save_steps: tuple[int, ...] = ()
     run_dir: str = "runs/train"
 
     def __post_init__(self) -> None:
@@ -179,6 +186,10 @@ class TrainConfig:
             raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor}")
         if self.device not in (None, "cpu", "cuda"):
             raise ConfigError(f"device must be cpu, cuda or null, got {self.device!r}")
+        outside = [s for s in self.save_steps if not 1 <= s < self.steps]
+        if outside:
+            raise ConfigError(f"save_steps must lie in [1, steps) = [1, {self.steps}) (the last step needs no "
+                              f"checkpoint: the run ends there), got {', '.join(map(str, outside))}")
 
 
 @dataclass

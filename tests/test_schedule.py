@@ -1,13 +1,25 @@
-"""The wsd schedule: the multiplier pinned at fixed steps (hand-computed), the cosine one unchanged."""
+"""The wsd schedule: the multiplier pinned at fixed steps (hand-computed), the cosine one unchanged;
+a trunk's ``save_steps`` checkpoints, kept through rotation. Runs are ``small`` ones (100K,
+batch 8 x 128)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from mm1model.checkpoint import checkpoint_paths
 from mm1model.config import ConfigError
-from mm1model.train import lr_multiplier
+from mm1model.train import TrainConfig, lr_multiplier, train
 from mm1model.train_config import OptimizerConfig
+
+from test_train import corpus, events, small  # noqa: F401 (corpus is a fixture)
+
+
+def wsd(corpus: str, run_dir: Path, steps: int, **changes) -> TrainConfig:  # noqa: F811
+    """A small wsd run of ``steps`` (to horizon decay_steps = steps unless given), evaluated at 10
+    and at the end, checkpointed every 5 steps."""
+    return small(corpus, run_dir, **{"schedule": "wsd", "steps": steps, "decay_steps": steps, **changes})
 
 
 # ------------------------------------------------------------------------------------ multiplier
@@ -45,8 +57,22 @@ def test_cosine_multiplier_is_unchanged():
     (lambda: OptimizerConfig(cooldown_fraction=1.5), r"cooldown_fraction must be in \(0, 1\], got 1.5"),
     (lambda: OptimizerConfig(schedule="wsd", warmup_steps=10, decay_steps=20, cooldown_fraction=0.6),
      r"the wsd cooldown starts at step 8 .* before warmup_steps 10 end"),
+    (lambda: TrainConfig(steps=30, save_steps=(10, 30)), r"save_steps must lie in \[1, steps\) = \[1, 30\) .*got 30$"),
+    (lambda: TrainConfig(steps=30, save_steps=(0,)), r"save_steps must lie in .*got 0$"),
 ])
-def test_bad_schedule_is_one_config_error(make, message):
+def test_bad_schedule_and_save_steps_are_one_config_error(make, message):
     with pytest.raises(ConfigError, match=message) as err:
         make()
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ trunk
+def test_save_steps_survive_rotation_and_a_resume(corpus, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "trunk"
+    # the first leg stops at 14 (its last checkpoint: save step 12); the second resumes to 30
+    # and adds a save step, as a sweep that learns of a new horizon would
+    train(wsd(corpus, run_dir, 14, decay_steps=30, save_steps=(12,), keep_checkpoints=1, eval_sequences=8))
+    (run_dir / "result.json").unlink()
+    result = train(wsd(corpus, run_dir, 30, save_steps=(12, 16), keep_checkpoints=1, eval_sequences=8))
+    assert result.status == "ok" and events(run_dir, "start")[1]["step"] == 12
+    assert [p.name for p in checkpoint_paths(run_dir)] == ["step_00000025", "step_00000016", "step_00000012"]
