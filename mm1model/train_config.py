@@ -4,7 +4,8 @@ leaves (:class:`TrainResult`), and the schedule and weight-decay arithmetic they
 Defaults are MM1's pre-training recipe, read from :mod:`mm1model.paper` (batch 512 x 4096,
 200k steps, warmup 2000, cosine to 10%, AdamW (0.9, 0.95), clip 1.0, lambda = 0.1 x peak). The
 other schedule, ``wsd`` (warmup, stable, decay; Hagele et al. 2024), holds the peak until its
-cooldown.
+cooldown, so runs to several horizons can share one trunk (``TrainConfig.save_steps`` and
+``TrainConfig.init_from``).
 The peak LR has no default: whoever starts a run says which LR it trains at (``scaling sweep``
 per cell, ``scaling launch`` from a fitted law); the trainer never falls back to a law of its own.
 
@@ -102,7 +103,8 @@ class OptimizerConfig:
         """The update (0-based) the decay starts from, the last one at the peak: for wsd
         ``decay_steps - round(cooldown_fraction x decay_steps)`` (Python's round: ties to even);
         for cosine ``warmup_steps``. A wsd run to horizon T and a longer one agree on every update
-        before T's ``cooldown_start``."""
+        before T's ``cooldown_start``, so T can branch from the longer run's checkpoint at that
+        step (``TrainConfig.init_from``)."""
         if self.schedule == "wsd":
             return _wsd_cooldown_start(self.decay_steps, self.cooldown_fraction)
         return self.warmup_steps
@@ -141,6 +143,12 @@ class TrainConfig:
     Horizons from one trunk (wsd): ``save_steps``: steps (1 <= s < ``steps``) whose checkpoints
     are kept whatever ``keep_checkpoints`` says, e.g. the :attr:`OptimizerConfig.cooldown_start`
     of each shorter horizon. It may change on resume (a step already passed is not saved then).
+    ``init_from``: a checkpoint directory (``checkpoint.step_dir(trunk_run_dir, s)``) that a run
+    with no readable checkpoint of its own starts from: tensors, data lanes, RNG and loop state
+    (step, initial loss, best val loss, wall time), then its own config (steps, schedule, AdamW
+    settings) from that step on. It is part of the run's identity. A wsd run to T branched at
+    T's ``cooldown_start`` from a longer wsd run with the same settings reproduces a straight run
+    to T bit for bit on CPU at a fixed thread count.
     """
 
     size: str = "100K"
@@ -168,6 +176,7 @@ class TrainConfig:
     peak_flops: float | None = None
     device: str | None = None
     save_steps: tuple[int, ...] = ()
+    init_from: str | None = None
     run_dir: str = "runs/train"
 
     def __post_init__(self) -> None:
@@ -190,6 +199,8 @@ class TrainConfig:
         if outside:
             raise ConfigError(f"save_steps must lie in [1, steps) = [1, {self.steps}) (the last step needs no "
                               f"checkpoint: the run ends there), got {', '.join(map(str, outside))}")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("init_from must be a checkpoint directory or null, got an empty string")
 
 
 @dataclass
