@@ -39,6 +39,12 @@ STEPS = 200_000
 DECAY_STEPS = STEPS
 MIN_LR_RATIO = 0.1
 
+# ------------------------------------------------------------------------ peers: the WSD schedule
+# Hagele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations"
+# (arXiv 2405.18392): a constant LR after warmup, then a cooldown over the last ~20% of the steps
+# matches cosine to 10%; their (1-sqrt) cooldown shape beats a linear one.
+WSD_COOLDOWN_FRACTION = 0.2
+
 # ------------------------------------------------------------------------ MM1: the optimizer
 # Appendix B: AdamW "with an implementation that decouples the learning rate and weight decay"
 # and gradient clipping at max norm 1.
