@@ -9,6 +9,9 @@ A checkpoint is a directory ``checkpoints/step_XXXXXXXX/``:
   optimizer's parameter groups (LR multipliers, betas, ...), every data lane's sampler state and
   every rank's RNG states.
 
+The trainer keeps its newest ``keep`` checkpoints plus those of its ``save_steps``, which are
+never rotated out (a wsd trunk's, for shorter horizons to branch from: :func:`load_checkpoint_from`).
+
 It is written as ``.step_XXXXXXXX.partial/`` and renamed into place by rank 0 once every rank has
 finished and ``trainer.json`` is on disk, so a kill mid-save leaves the previous checkpoint
 usable and a reader never sees half of one. Loading reshards: DCP reads whatever slices this
@@ -141,6 +144,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def step_dir(run_dir: Path, step: int) -> Path:
+    """Where a run's checkpoint after ``step`` updates lives (it may not exist)."""
+    return checkpoint_dir(run_dir) / f"step_{step:08d}"
+
+
 def checkpoint_paths(run_dir: Path) -> list[Path]:
     """Complete checkpoints, newest first (a ``.partial`` directory of an interrupted save is not one)."""
     return sorted((p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir()), reverse=True)
@@ -184,13 +192,16 @@ def _tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> t
 class Checkpointer:
     """Writes a run's checkpoints (see the module docstring); one per training process.
 
-    ``async_save``: write interval checkpoints in the background (the default on GPU). A save
-    requested while the previous one is still being written waits for it first, so at most one
-    is in flight; :meth:`finish` waits for the last one (call it before the process ends).
+    ``keep``: how many of the newest checkpoints to keep; those of ``kept_steps`` are kept on top
+    and do not count. ``async_save``: write interval checkpoints in the background (the default
+    on GPU). A save requested while the previous one is still being written waits for it first,
+    so at most one is in flight; :meth:`finish` waits for the last one (call it before the process ends).
     """
 
-    def __init__(self, run_dir: Path, ddp: Dist, keep: int, async_save: bool = False) -> None:
+    def __init__(self, run_dir: Path, ddp: Dist, keep: int, async_save: bool = False,
+                 kept_steps: tuple[int, ...] = ()) -> None:
         self.run_dir, self.ddp, self.keep, self.async_save = Path(run_dir), ddp, keep, async_save
+        self.kept = {step_dir(self.run_dir, s) for s in kept_steps}
         self._pending: tuple[Any, Path, Path] | None = None
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
@@ -198,7 +209,7 @@ class Checkpointer:
         """Collective: every rank calls it. Returns the checkpoint's final path."""
         self.finish()
         step = int(state["step"])
-        final = checkpoint_dir(self.run_dir) / f"step_{step:08d}"
+        final = step_dir(self.run_dir, step)
         partial = checkpoint_dir(self.run_dir) / f".step_{step:08d}.partial"
         if self.ddp.is_main:
             shutil.rmtree(partial, ignore_errors=True)  # a torn save of the same step
@@ -243,7 +254,7 @@ class Checkpointer:
                 os.replace(final, old)
                 shutil.rmtree(old)
             os.replace(partial, final)
-            for stale in checkpoint_paths(self.run_dir)[self.keep:]:
+            for stale in [p for p in checkpoint_paths(self.run_dir) if p not in self.kept][self.keep:]:
                 shutil.rmtree(stale, ignore_errors=True)
         self._barrier()
 
@@ -253,30 +264,50 @@ class Checkpointer:
 
 
 # ------------------------------------------------------------------------------------ loading
+class UnreadableCheckpoint(Exception):
+    """A checkpoint directory that does not load: ``reason`` is the underlying error in one line."""
+
+    def __init__(self, path: Path, err: BaseException) -> None:
+        # CheckpointException (DCP's, a BaseException) wraps each rank's read error: name the first
+        if isinstance(err, CheckpointException) and err.failures:
+            err = next(iter(err.failures.values()))[0]
+        self.path = Path(path)
+        self.reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+        super().__init__(f"checkpoint {path} is unreadable ({self.reason})")
+
+
+def load_checkpoint_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Collective: load the checkpoint directory ``path`` into ``model`` and ``optimizer`` (in
+    place, resharded to this run's ranks, the optimizer's parameter groups included) and return
+    its ``trainer.json``. Raises :class:`UnreadableCheckpoint` for anything that does not load
+    (a missing or torn file, another format, tensors of another model), possibly after loading
+    part of it: rebuild the model and optimizer before using them again."""
+    try:
+        trainer = read_trainer_state(path)
+        if trainer.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {trainer.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        tensors, _ = _tensor_state(model, optimizer)
+        with _single_process_quiet():
+            dcp.load(tensors, storage_reader=SafeReader(str(path)), no_dist=_no_dist())
+        set_state_dict(model, optimizer, model_state_dict=tensors["model"],
+                       optim_state_dict={"state": tensors["optimizer"], "param_groups": trainer["param_groups"]})
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - every way of not loading is reported alike
+        raise UnreadableCheckpoint(path, err) from err
+    return trainer
+
+
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    """Collective: load the newest checkpoint that loads into ``model`` and ``optimizer`` (in
-    place, resharded to this run's ranks) and return its ``trainer.json``; a corrupt one is
-    skipped with a RuntimeWarning; None when there is none. An old-format pickle checkpoint is a
-    ConfigError naming the file."""
+    """Collective: load the newest of a run's checkpoints that loads into ``model`` and
+    ``optimizer`` (:func:`load_checkpoint_from`) and return its ``trainer.json``; a corrupt one
+    is skipped with a RuntimeWarning; None when there is none. An old-format pickle checkpoint is
+    a ConfigError naming the file."""
     legacy = legacy_checkpoints(run_dir)
     if legacy:
         raise ConfigError(f"{legacy[-1]} is a checkpoint in the old single-file pickle format: it is not loaded, "
                           "because unpickling it could run code; delete it to restart the run from step 0")
     for path in checkpoint_paths(run_dir):
         try:
-            trainer = read_trainer_state(path)
-            if trainer.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {trainer.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-            tensors, _ = _tensor_state(model, optimizer)
-            with _single_process_quiet():
-                dcp.load(tensors, storage_reader=SafeReader(str(path)), no_dist=_no_dist())
-            set_state_dict(model, optimizer, model_state_dict=tensors["model"],
-                           optim_state_dict={"state": tensors["optimizer"], "param_groups": trainer["param_groups"]})
-            return trainer
-        # CheckpointException (DCP's, a BaseException) wraps a rank's read error
-        except (Exception, CheckpointException) as err:  # noqa: BLE001 - any unreadable checkpoint is skipped alike
-            if isinstance(err, CheckpointException) and err.failures:  # the first rank's own error
-                err = next(iter(err.failures.values()))[0]
-            warnings.warn(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
-                          "falling back to the one before it", RuntimeWarning, stacklevel=2)
+            return load_checkpoint_from(path, model, optimizer)
+        except UnreadableCheckpoint as err:
+            warnings.warn(f"{err}; falling back to the one before it", RuntimeWarning, stacklevel=2)
     return None

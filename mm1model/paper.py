@@ -39,6 +39,12 @@ STEPS = 200_000
 DECAY_STEPS = STEPS
 MIN_LR_RATIO = 0.1
 
+# ------------------------------------------------------------------------ peers: the WSD schedule
+# Hagele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations"
+# (arXiv 2405.18392): a constant LR after warmup, then a cooldown over the last ~20% of the steps
+# matches cosine to 10%; their (1-sqrt) cooldown shape beats a linear one.
+WSD_COOLDOWN_FRACTION = 0.2
+
 # ------------------------------------------------------------------------ MM1: the optimizer
 # Appendix B: AdamW "with an implementation that decouples the learning rate and weight decay"
 # and gradient clipping at max norm 1.
@@ -70,6 +76,13 @@ MIXTURE = {"caption": 0.45, "interleaved": 0.45, "text": 0.10}
 # Step Law (StepFun 2025, "Predictable Scale"): every run within 0.25% of its (N, D) cell's
 # best loss enters the fit.
 STEP_LAW_WITHIN = 0.0025
+# Step Law's batch law, B* = 0.58 D^0.571 (B and D in tokens), and its LR law
+# eta* = 1.79 N^-0.713 D^0.307 (dense models 2e8-1e9 parameters, D 4e9-1e11 tokens).
+STEP_LAW_BATCH_COEF = 0.58
+STEP_LAW_BATCH_EXPONENT = 0.571
+STEP_LAW_LR_COEF = 1.79
+STEP_LAW_LR_N_EXPONENT = -0.713
+STEP_LAW_LR_D_EXPONENT = 0.307
 # Cerebras-GPT's tuned muP input multiplier (nanoGPT-mup's mup_input_alpha), used by mup and
 # completep at every size (see mm1model.parametrization for why it matters here).
 MUP_INPUT_MULT = 10.0

@@ -10,8 +10,11 @@ are MM1's recipe (McKinzie et al. 2024, appendix B; the numbers in :mod:`mm1mode
   z-loss from the size table (0; 1e-4 at 30B) unless ``z_loss`` is set.
 * Schedule: linear warmup over ``optimizer.warmup_steps`` (2000) then cosine decay to
   ``optimizer.min_lr_ratio`` (10%) of the peak ``optimizer.lr`` at ``optimizer.decay_steps``
-  (200k, counted from step 0, warmup included), flat after. See :func:`lr_multiplier`. The peak
-  LR is always given by the caller: the trainer has no law of its own.
+  (200k, counted from step 0, warmup included), flat after. Or ``optimizer.schedule = "wsd"``
+  (Hagele et al. 2024): the same warmup, the peak until ``optimizer.cooldown_start``, then a
+  ``linear`` or ``1-sqrt`` cooldown over the last ``cooldown_fraction`` (20%) of
+  ``decay_steps`` to the same floor. See :func:`lr_multiplier`. The peak LR is always given by
+  the caller: the trainer has no law of its own.
 * Weight decay decoupled from the learning rate: the per-step decay is ``lambda x s(t)``, with
   ``s(t)`` the schedule multiplier, whatever the peak LR. See :func:`torch_weight_decay`.
 * No weight decay on norms, biases (every parameter with fewer than 2 dimensions) and embeddings
@@ -27,15 +30,26 @@ Run directory (``run_dir``), every file written atomically (``mm1model.records``
 * ``metrics.jsonl``: one row per step ``{step, lr, loss, grad_norm, tokens, tokens_per_s, mfu,
   wall_s}`` (``step`` counts finished updates, 1-based) and eval rows ``{step, val_loss,
   val_loss_by_source}``. Truncated back to the checkpoint's step on resume.
-* ``events.jsonl``: one ``start`` row per trainer start (with the step it resumed from), plus
-  ``checkpoint``, ``signal``, ``diverged`` and ``end`` rows. Never truncated.
+* ``events.jsonl``: one ``start`` row per trainer start (with the step it resumed from, and
+  ``init_from`` when it started from another run's checkpoint), plus ``checkpoint``, ``signal``,
+  ``diverged`` and ``end`` rows. Never truncated.
 * ``result.json``: :class:`TrainResult`, written when the run ends (ok, diverged or failed).
-* ``checkpoints/step_XXXXXXXX/``: the last ``keep_checkpoints`` sharded checkpoints (:mod:`mm1model.checkpoint`).
+* ``checkpoints/step_XXXXXXXX/``: the last ``keep_checkpoints`` sharded checkpoints, plus those of
+  ``save_steps``, kept to the end (:mod:`mm1model.checkpoint`).
 
 A run directory whose ``result.json`` says ok or diverged is final: :func:`train` returns it at
 once. Otherwise :func:`train` resumes from the newest readable checkpoint (a corrupt one is
 skipped with a warning) and, on CPU with a fixed seed and thread count, reproduces the losses of
 an uninterrupted run bit for bit.
+
+Branching: a run with ``init_from`` and no readable checkpoint of its own starts from that
+checkpoint of another run (a wsd trunk's ``save_steps`` checkpoint at this run's
+``cooldown_start``): its tensors, data lanes, RNG and loop state, and the source run's
+``metrics.jsonl`` rows up to that step, so the branch's records read like a straight run's, which
+on CPU it matches bit for bit. From there the run follows its own config; the source's AdamW
+settings in the checkpoint are replaced by its own. A source whose config would not have
+trained the same first steps (another schedule before the branch step, another model, batch,
+seed or data) is warned about, not refused.
 
 Preemption: SIGTERM, SIGUSR1 and SIGUSR2 set a flag; at the next step boundary the trainer
 checkpoints, then calls the handler installed before it (submitit's requeue handler), or exits
@@ -57,6 +71,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,7 +79,8 @@ import torch
 import torch.distributed as dist
 
 from mm1model import accelerator, records
-from mm1model.checkpoint import Checkpointer, Preemption, checkpoint_paths, load_checkpoint
+from mm1model.checkpoint import (Checkpointer, Preemption, UnreadableCheckpoint, checkpoint_paths, load_checkpoint,
+                                  load_checkpoint_from)
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, image_flops, param_counts
 from mm1model.data import SOURCES, PackedStream, validation_batches
@@ -260,15 +276,20 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _differing(resolved: TrainConfig, recorded: dict[str, Any], ignored: tuple[str, ...]) -> list[str]:
+    """The full keys in which a run's config.json and a config differ, but for ``ignored``."""
+    now = _flat(to_dict(resolved))
+    before = _flat({k: v for k, v in recorded.items() if k not in RECORD_KEYS})
+    return sorted(k for k in set(now) | set(before)
+                  if k not in ignored and records.dumps(now.get(k)) != records.dumps(before.get(k)))
+
+
 def _check_same_run(run_dir: Path, resolved: TrainConfig) -> None:
     try:
         recorded = records.read_json(run_dir / "config.json")
     except (FileNotFoundError, ValueError):
         return
-    now = _flat(to_dict(resolved))
-    before = _flat({k: v for k, v in recorded.items() if k not in RECORD_KEYS})
-    differ = sorted(k for k in set(now) | set(before)
-                    if k not in RESUMABLE_CHANGES and records.dumps(now.get(k)) != records.dumps(before.get(k)))
+    differ = _differing(resolved, recorded, RESUMABLE_CHANGES)
     if differ:
         raise ConfigError(f"run_dir {run_dir} holds a different run (differs in {', '.join(differ)}); "
                           "use a new run_dir")
@@ -330,24 +351,31 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
         optimizer = build_optimizer(model, config)
         lanes = {i: PackedStream(config.data, rank=i, world_size=n_lanes, split="train") for i in my_lanes}
         val = validation_batches(config.data, config.eval_sequences, config.eval_batch_size or micro)
+        # Loading, too, runs before the first write: a bad init_from is a ConfigError like a bad config.
+        ckpt = load_checkpoint(run_dir, model, optimizer)
+        if ckpt is None and checkpoint_paths(run_dir):  # every checkpoint failed to load, possibly halfway
+            model, _ = build_model(config, device)
+            optimizer = build_optimizer(model, config)
+        branched = ckpt is None and config.init_from is not None
+        if branched:
+            ckpt = _load_init_from(config, model, optimizer, n_lanes)
+        if ckpt is not None:
+            _restore(ckpt, lanes, ddp, n_lanes)
+            state = {k: ckpt[k] for k in state}
         if ddp.is_main:
             (run_dir / "result.json").unlink(missing_ok=True)  # a stale failed result: running now
             records.write_json(run_dir / "config.json", {
                 **to_dict(config), "params": counts.params, "param_counts": dataclasses.asdict(counts),
                 "model_config": to_dict(mcfg), "code_version": code_version(), "world_size": ddp.world_size})
-        ckpt = load_checkpoint(run_dir, model, optimizer)
-        if ckpt is not None:
-            _restore(ckpt, lanes, ddp, n_lanes)
-            state = {k: ckpt[k] for k in state}
-        elif checkpoint_paths(run_dir):  # every checkpoint failed to load, possibly halfway: start clean
-            model, _ = build_model(config, device)
-            optimizer = build_optimizer(model, config)
-        if ddp.is_main:
-            rows = [r for r in records.read_jsonl(run_dir / "metrics.jsonl") if r.get("step", 0) <= state["step"]]
+            # a branch's curve starts with its source's first steps, as a straight run's would
+            source = source_run_dir(config.init_from) if branched else run_dir
+            rows = [r for r in records.read_jsonl(source / "metrics.jsonl") if r.get("step", 0) <= state["step"]]
             records.write_jsonl(run_dir / "metrics.jsonl", rows)
-            records.append_jsonl(run_dir / "events.jsonl", {
-                "event": "start", "step": state["step"], "time": time.time(), "pid": os.getpid(),
-                "world_size": ddp.world_size, "resumed": ckpt is not None})
+            start = {"event": "start", "step": state["step"], "time": time.time(), "pid": os.getpid(),
+                     "world_size": ddp.world_size, "resumed": ckpt is not None and not branched}
+            if branched:
+                start["init_from"] = config.init_from
+            records.append_jsonl(run_dir / "events.jsonl", start)
         preemption.install()
         result = _loop(config, run_dir, model, optimizer, lanes, val, state, ddp, device, preemption,
                        flops_per_token(mcfg, seq_len), image_flops(mcfg), tokens_per_step, result_base)
@@ -365,6 +393,61 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
     finally:
         preemption.restore()
     return result
+
+
+def source_run_dir(init_from: str | os.PathLike) -> Path:
+    """The run directory that wrote checkpoint ``init_from`` (``RUN_DIR/checkpoints/step_XXXXXXXX``)."""
+    return Path(init_from).parent.parent
+
+
+def _load_init_from(config: TrainConfig, model, optimizer, n_lanes: int) -> dict[str, Any]:
+    """Collective: load ``config.init_from`` into a fresh model and optimizer; ConfigError when
+    it cannot start this run. Then put this run's AdamW settings back in the parameter groups:
+    the checkpoint's are its source's."""
+    path = Path(config.init_from)
+    if not path.is_dir():
+        raise ConfigError(f"init_from {path} does not exist or is not a directory: give a checkpoint directory "
+                          "such as TRUNK_RUN_DIR/checkpoints/step_00000480")
+    own_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        ckpt = load_checkpoint_from(path, model, optimizer)
+    except UnreadableCheckpoint as err:
+        raise ConfigError(f"init_from {path} is not a checkpoint this run can load ({err.reason})") from None
+    if ckpt["step"] >= config.steps:
+        raise ConfigError(f"init_from {path} holds step {ckpt['step']}, not before this run's steps {config.steps}: "
+                          "branch from an earlier checkpoint")
+    if len(ckpt["lanes"]) != n_lanes:
+        raise ConfigError(f"init_from {path} has {len(ckpt['lanes'])} data lanes, this run {n_lanes}: use the "
+                          "source run's batch_size / micro_batch_size")
+    for group, own in zip(optimizer.param_groups, own_groups):
+        group.update(own)
+    _warn_unlike_source(config, source_run_dir(path), ckpt["step"])
+    return ckpt
+
+
+# What a branch may change from its source without changing its first steps: what a resume may,
+# and the schedule's shape after the branch point (checked step by step instead).
+_BRANCH_CHANGES = RESUMABLE_CHANGES + ("init_from", "optimizer.schedule", "optimizer.decay_steps",
+                                       "optimizer.min_lr_ratio", "optimizer.cooldown_fraction",
+                                       "optimizer.cooldown_shape")
+
+
+def _warn_unlike_source(config: TrainConfig, source: Path, step: int) -> None:
+    """Warn when the source run (its config.json, if any) would not have trained this run's first
+    ``step`` updates: another schedule before ``step`` (a branch after its cooldown start), or
+    another model, batch, seed, data or AdamW setting."""
+    try:
+        recorded = records.read_json(source / "config.json")
+        source_config = load_config(source / "config.json")
+    except (FileNotFoundError, ValueError):  # ConfigError is a ValueError: an unreadable source is not ours to judge
+        return
+    differ = _differing(config, recorded, _BRANCH_CHANGES)
+    late = next((t for t in range(step) if source_config.optimizer.lr_at(t) != config.optimizer.lr_at(t)), None)
+    if late is not None:
+        differ.append(f"the scheduled LR from update {late} on")
+    if differ:
+        warnings.warn(f"init_from: {source} differs from this run in {', '.join(differ)}, so this branch does not "
+                      f"follow a straight run of its config", UserWarning, stacklevel=3)
 
 
 def _restore(ckpt: dict[str, Any], lanes: dict[int, PackedStream], ddp: Dist, n_lanes: int) -> None:
@@ -392,7 +475,8 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                         unit="step", dynamic_ncols=True)
     board = TensorBoardLog(run_dir, state["step"], enabled=ddp.is_main and config.tensorboard)
     async_save = config.async_checkpoint if config.async_checkpoint is not None else device.type == "cuda"
-    checkpointer = Checkpointer(run_dir, ddp, config.keep_checkpoints, async_save=async_save)
+    checkpointer = Checkpointer(run_dir, ddp, config.keep_checkpoints, async_save=async_save,
+                                kept_steps=config.save_steps)
     wall_at_start, t_start = state["wall_s"], time.time()
     status, diverged_at = "ok", None
     final_loss, by_source = None, {}
@@ -457,8 +541,8 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                 board.evaluation(state["step"], final_loss, by_source)
         # a signal during the last step is moot: the run is about to write its final result
         signalled = bool(stats[3]) and not last
-        if signalled or (config.checkpoint_interval and state["step"] % config.checkpoint_interval == 0
-                         and not last):
+        interval = config.checkpoint_interval and state["step"] % config.checkpoint_interval == 0
+        if signalled or ((interval or state["step"] in config.save_steps) and not last):
             # the preemption checkpoint must be on disk before the signal is handed on
             checkpointer.save(model, optimizer, state, lanes, blocking=signalled)
             board.flush()

@@ -2,7 +2,10 @@
 leaves (:class:`TrainResult`), and the schedule and weight-decay arithmetic they share.
 
 Defaults are MM1's pre-training recipe, read from :mod:`mm1model.paper` (batch 512 x 4096,
-200k steps, warmup 2000, cosine to 10%, AdamW (0.9, 0.95), clip 1.0, lambda = 0.1 x peak).
+200k steps, warmup 2000, cosine to 10%, AdamW (0.9, 0.95), clip 1.0, lambda = 0.1 x peak). The
+other schedule, ``wsd`` (warmup, stable, decay; Hagele et al. 2024), holds the peak until its
+cooldown, so runs to several horizons can share one trunk (``TrainConfig.save_steps`` and
+``TrainConfig.init_from``).
 The peak LR has no default: whoever starts a run says which LR it trains at (``scaling sweep``
 per cell, ``scaling launch`` from a fitted law); the trainer never falls back to a law of its own.
 
@@ -27,13 +30,16 @@ from mm1model.model import MM1Config
 from mm1model.parametrization import parametrize
 from mm1model.sizes import get_size
 
-SCHEDULES = ("cosine",)
+SCHEDULES = ("cosine", "wsd")
+COOLDOWN_SHAPES = ("linear", "1-sqrt")
 FINAL_STATUSES = ("ok", "diverged")
 # Keys config.json adds to the TrainConfig fields; load_config drops them.
 RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
-# Fields that may change between a run and its resumption without changing its trajectory.
+# Fields that may change between a run and its resumption without changing its trajectory
+# (``save_steps`` only adds checkpoints, like ``checkpoint_interval``).
 RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-                     "async_checkpoint", "log_interval", "tensorboard", "compile", "activation_checkpointing")
+                     "save_steps", "async_checkpoint", "log_interval", "tensorboard", "compile",
+                     "activation_checkpointing")
 
 
 @dataclass
@@ -42,8 +48,13 @@ class OptimizerConfig:
 
     ``lr``: the peak learning rate (required before training; see the module docstring).
     ``schedule``: ``cosine`` (MM1's): linear warmup over ``warmup_steps``, then a cosine to
-    ``min_lr_ratio`` x peak at ``decay_steps`` (counted from step 0, warmup included), flat after
-    (:func:`lr_multiplier`). ``weight_decay``: lambda, the per-step decoupled decay at the peak
+    ``min_lr_ratio`` x peak at ``decay_steps`` (counted from step 0, warmup included), flat after.
+    ``wsd``: the same warmup, the peak until :attr:`cooldown_start`, then a cooldown to
+    ``min_lr_ratio`` x peak at ``decay_steps``, flat after (:func:`lr_multiplier`).
+    ``cooldown_fraction``: the cooldown's length as a fraction of ``decay_steps``, in (0, 1]
+    (Hagele et al. 2024's 20% by default); ``cooldown_shape``: ``linear`` or ``1-sqrt``
+    (:data:`COOLDOWN_SHAPES`). Both are validated under either schedule but used by wsd only.
+    ``weight_decay``: lambda, the per-step decoupled decay at the peak
     of the schedule (the decay at step t is ``lambda x lr_multiplier(t)``); None = MM1's
     ``0.1 x lr``. ``grad_clip``: the global L2 norm gradients are clipped to.
     """
@@ -57,6 +68,9 @@ class OptimizerConfig:
     betas: tuple[float, float] = paper.ADAM_BETAS
     eps: float = paper.ADAM_EPS
     grad_clip: float = paper.GRAD_CLIP
+    cooldown_fraction: float = paper.WSD_COOLDOWN_FRACTION
+    # linear, the plain shape; Hagele et al. 2024 measured 1-sqrt slightly better: a run opts in
+    cooldown_shape: str = "linear"
 
     def __post_init__(self) -> None:
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -75,10 +89,30 @@ class OptimizerConfig:
             raise ConfigError(f"eps must be > 0, got {self.eps}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not 0 < self.cooldown_fraction <= 1:
+            raise ConfigError(f"cooldown_fraction must be in (0, 1], got {self.cooldown_fraction}")
+        if self.cooldown_shape not in COOLDOWN_SHAPES:
+            raise ConfigError(f"unknown cooldown_shape {self.cooldown_shape!r}; valid: {', '.join(COOLDOWN_SHAPES)}")
+        if self.schedule == "wsd" and self.cooldown_start < self.warmup_steps:
+            raise ConfigError(f"the wsd cooldown starts at step {self.cooldown_start} (decay_steps "
+                              f"{self.decay_steps} x (1 - cooldown_fraction {self.cooldown_fraction})), before "
+                              f"warmup_steps {self.warmup_steps} end: shorten the warmup or the cooldown")
+
+    @property
+    def cooldown_start(self) -> int:
+        """The update (0-based) the decay starts from, the last one at the peak: for wsd
+        ``decay_steps - round(cooldown_fraction x decay_steps)`` (Python's round: ties to even);
+        for cosine ``warmup_steps``. A wsd run to horizon T and a longer one agree on every update
+        before T's ``cooldown_start``, so T can branch from the longer run's checkpoint at that
+        step (``TrainConfig.init_from``)."""
+        if self.schedule == "wsd":
+            return _wsd_cooldown_start(self.decay_steps, self.cooldown_fraction)
+        return self.warmup_steps
 
     def lr_at(self, step: int) -> float:
         """The scheduled LR of update ``step`` (0-based): peak x :func:`lr_multiplier`."""
-        return self.lr * lr_multiplier(step, self.warmup_steps, self.decay_steps, self.min_lr_ratio)
+        return self.lr * lr_multiplier(step, self.warmup_steps, self.decay_steps, self.min_lr_ratio, self.schedule,
+                                       self.cooldown_fraction, self.cooldown_shape)
 
 
 @dataclass
@@ -105,6 +139,16 @@ class TrainConfig:
     ``peak_flops``: peak FLOP/s of one device for MFU; None = the datasheet value of the GPU
     (:data:`mm1model.paper.GPU_PEAK_FLOPS`), or no MFU on CPU. ``device``: "cpu", "cuda" or None
     (cuda when available).
+
+    Horizons from one trunk (wsd): ``save_steps``: steps (1 <= s < ``steps``) whose checkpoints
+    are kept whatever ``keep_checkpoints`` says, e.g. the :attr:`OptimizerConfig.cooldown_start`
+    of each shorter horizon. It may change on resume (a step already passed is not saved then).
+    ``init_from``: a checkpoint directory (``checkpoint.step_dir(trunk_run_dir, s)``) that a run
+    with no readable checkpoint of its own starts from: tensors, data lanes, RNG and loop state
+    (step, initial loss, best val loss, wall time), then its own config (steps, schedule, AdamW
+    settings) from that step on. It is part of the run's identity. A wsd run to T branched at
+    T's ``cooldown_start`` from a longer wsd run with the same settings reproduces a straight run
+    to T bit for bit on CPU at a fixed thread count.
     """
 
     size: str = "100K"
@@ -131,6 +175,8 @@ class TrainConfig:
     compile: bool = False
     peak_flops: float | None = None
     device: str | None = None
+    save_steps: tuple[int, ...] = ()
+    init_from: str | None = None
     run_dir: str = "runs/train"
 
     def __post_init__(self) -> None:
@@ -149,6 +195,12 @@ class TrainConfig:
             raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor}")
         if self.device not in (None, "cpu", "cuda"):
             raise ConfigError(f"device must be cpu, cuda or null, got {self.device!r}")
+        outside = [s for s in self.save_steps if not 1 <= s < self.steps]
+        if outside:
+            raise ConfigError(f"save_steps must lie in [1, steps) = [1, {self.steps}) (the last step needs no "
+                              f"checkpoint: the run ends there), got {', '.join(map(str, outside))}")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("init_from must be a checkpoint directory or null, got an empty string")
 
 
 @dataclass
@@ -180,20 +232,45 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------ schedule
-def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float = paper.MIN_LR_RATIO) -> float:
+def _wsd_cooldown_start(decay_steps: int, cooldown_fraction: float) -> int:
+    return decay_steps - round(cooldown_fraction * decay_steps)
+
+
+def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float = paper.MIN_LR_RATIO,
+                  schedule: str = "cosine", cooldown_fraction: float = paper.WSD_COOLDOWN_FRACTION,
+                  cooldown_shape: str = "linear") -> float:
     """Schedule multiplier s(t) of the peak LR for update ``step`` (0-based).
 
-    Warmup: ``s = (t + 1) / warmup_steps`` for t < warmup_steps, so the first update already
-    moves and update ``warmup_steps - 1`` runs at the peak. Then a cosine from 1 at
-    t = warmup_steps to ``min_lr_ratio`` at t = decay_steps (counted from step 0, warmup
-    included), ``min_lr_ratio`` after.
+    Warmup (both schedules): ``s = (t + 1) / warmup_steps`` for t < warmup_steps, so the first
+    update already moves and update ``warmup_steps - 1`` runs at the peak. ``min_lr_ratio`` from
+    t = decay_steps on (counted from step 0, warmup included).
+
+    ``cosine``: from 1 at t = warmup_steps to ``min_lr_ratio`` at t = decay_steps,
+    ``m + (1 - m) (1 + cos(pi p)) / 2`` with ``p = (t - warmup_steps) / (decay_steps - warmup_steps)``.
+
+    ``wsd`` (Hagele et al. 2024): 1 from warmup_steps to the cooldown start
+    ``c = decay_steps - round(cooldown_fraction x decay_steps)``, then from 1 at t = c to ``m`` at
+    t = decay_steps with ``p = (t - c) / (decay_steps - c)``: ``linear`` ``m + (1 - m)(1 - p)``,
+    ``1-sqrt`` ``m + (1 - m)(1 - sqrt(p))`` (drops fast at first, then slowly).
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if step >= decay_steps:
         return min_lr_ratio
-    progress = (step - warmup_steps) / (decay_steps - warmup_steps)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / (decay_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule != "wsd":
+        raise ConfigError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    start = _wsd_cooldown_start(decay_steps, cooldown_fraction)
+    if step < start:
+        return 1.0
+    progress = (step - start) / (decay_steps - start)  # decay_steps > step >= start: never 0 / 0
+    if cooldown_shape == "linear":
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
+    if cooldown_shape == "1-sqrt":
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - math.sqrt(progress))
+    raise ConfigError(f"unknown cooldown_shape {cooldown_shape!r}; valid: {', '.join(COOLDOWN_SHAPES)}")
 
 
 def torch_weight_decay(weight_decay: float, peak_lr: float) -> float:

@@ -201,18 +201,24 @@ def _optima(label: str, family: str, runs: pd.DataFrame, select: str) -> dict[st
 
 
 def _regret(opt: SizeOptimum, lr: float) -> float:
-    finite = [(math.log2(a), b) for a, b in opt.curve if math.isfinite(b)]
+    return regret_at(opt.curve, opt.best_loss, lr)
+
+
+def regret_at(curve: list[tuple[float, float]], best_loss: float, lr: float) -> float:
+    """The loss at ``lr`` on a swept curve of (lr, mean loss) points, linearly interpolated in
+    log2 LR, minus ``best_loss``: NaN outside the swept LRs, +inf across a diverged point."""
+    finite = [(math.log2(a), b) for a, b in curve if math.isfinite(b)]
     xs = [p[0] for p in finite]
     if len(finite) < 2 or not (min(xs) - 1e-9 <= math.log2(lr) <= max(xs) + 1e-9):
         return math.nan
     # A diverged LR inside the grid has no loss: regret across it is unknown, not small.
-    inside = [(math.log2(a), b) for a, b in opt.curve if min(xs) <= math.log2(a) <= max(xs)]
+    inside = [(math.log2(a), b) for a, b in curve if min(xs) <= math.log2(a) <= max(xs)]
     lo = max((p for p in inside if p[0] <= math.log2(lr)), key=lambda p: p[0])
     hi = min((p for p in inside if p[0] >= math.log2(lr)), key=lambda p: p[0])
     if not (math.isfinite(lo[1]) and math.isfinite(hi[1])):
         return math.inf
     value = float(np.interp(math.log2(lr), [lo[0], hi[0]], [lo[1], hi[1]])) if hi[0] > lo[0] else lo[1]
-    return value - opt.best_loss
+    return value - best_loss
 
 
 def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareResult:
