@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import submitit
 
 from mm1model import records
-from mm1model.checkpoint import PREEMPTION_SIGNALS, Preempted, checkpoint_dir, checkpoint_paths
+from mm1model.checkpoint import PREEMPTION_SIGNALS, Preempted, checkpoint_dir, checkpoint_paths, step_dir
 from mm1model.config import ConfigError, from_dict
 from mm1model.train import train, warm_data
 from mm1model.train_config import TrainConfig
@@ -215,10 +215,6 @@ def has_checkpoint(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------ WSD branches
-def step_dir(run_dir: Path, step: int) -> Path:  # PENDING-WSD: mm1model.checkpoint.step_dir once merged
-    return checkpoint_dir(Path(run_dir)) / f"step_{step:08d}"
-
-
 def branch_init(path: Path, cell: dict[str, Any]) -> Path | None:
     """The checkpoint a WSD branch cell starts from: its trunk's (``cell.json``'s ``trunk``, a
     cell of the same size directory) at ``branch_step``, the branch's cooldown start. None for

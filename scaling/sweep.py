@@ -37,6 +37,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from mm1model import records
+from mm1model.checkpoint import step_dir
 from mm1model.config import ConfigError, to_dict
 from mm1model.train_config import TrainConfig
 from scaling import cells
@@ -94,6 +95,11 @@ def train_diff(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...]
     return sorted(k for k in keys if a.get(k, _TRAIN_DEFAULTS.get(k)) != b.get(k, _TRAIN_DEFAULTS.get(k)))
 
 
+def _curves_text(curves: tuple[Any, ...]) -> str:
+    return ", ".join(f"batch {c.batch_size} x {'/'.join(map(str, c.horizons))} steps, warmup {c.warmup_steps}"
+                     for c in curves)
+
+
 def _write_cell(out: Path, train: dict[str, Any], cell: CellSpec) -> Path:
     path = out / cell.size / cell.name
     cells.write_cell(path, cell.size, cell.lr, cell.seed, cell_train(train, cell), **cell.record())
@@ -122,8 +128,10 @@ def prepare_sweep_dir(plan: SweepPlan) -> dict[str, Any]:
                               "differ); use another --out")
         for sp in plan.sizes:
             entry = meta["sizes"].get(sp.size)
-            if entry and entry.get("lrs") and entry_curves(entry, meta["train"]) != sp.curves:
-                raise ConfigError(f"{plan.out} holds {sp.size} at other batches or horizons; use another --out")
+            old_curves = entry_curves(entry, meta["train"]) if entry and entry.get("lrs") else sp.curves
+            if old_curves != sp.curves:
+                raise ConfigError(f"{plan.out} holds {sp.size} at other batches or horizons ({_curves_text(old_curves)}"
+                                  f"; this plan {_curves_text(sp.curves)}); use another --out")
     else:
         meta = {"created_at": time.time(), "train": plan.train, "sizes": {}, "extensions": [], "axes": list(plan.axes)}
     for cell in plan.cells():
@@ -392,7 +400,7 @@ def _settle_branch(path: Path, spec: CellSpec, owner: dict[str, Any]) -> str | N
             finally:
                 cells.release_lock(path)
         return None
-    start = cells.step_dir(trunk, int(spec.branch_step or 0))
+    start = step_dir(trunk, int(spec.branch_step or 0))
     if not start.is_dir():
         return (f"its trunk's checkpoint {start} is missing (removed by hand?): run the trunk again "
                 f"(move {trunk} aside) or drop this horizon")

@@ -586,7 +586,9 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     default_batch, default_seq_len = max(shapes)
     train.setdefault("batch_size", default_batch)
     train["data"] = {"seq_len": default_seq_len, **(train.get("data") or {})}
-    probe = from_dict(TrainConfig, {**train, "size": config.sizes[0]}, where="[train]")
+    # the settings every cell shares; a cell's warmup and decay are its own (checked per cell below)
+    shared_opt = {k: v for k, v in (train.get("optimizer") or {}).items() if k not in ("warmup_steps", "decay_steps")}
+    probe = from_dict(TrainConfig, {**train, "optimizer": shared_opt, "size": config.sizes[0]}, where="[train]")
     seq_len = probe.data.seq_len
     wsd = probe.optimizer.schedule == "wsd"
 
@@ -809,15 +811,15 @@ def describe_plan(plan: SweepPlan) -> str:
                 lines.append(f"        batch {curve.batch_size:>4} x {steps:>6} steps (D {horizon_tokens:.3g} tokens, "
                              f"warmup {curve.warmup_steps}, {role}): {len(group)} cells x {trained} steps = "
                              f"{tokens:.3g} tokens" + (f", {flop:.3g} FLOPs" if flop is not None else "") + " each")
+        if not single:
+            costs = [cell_cost(sp, cell) for cell in size_cells_]
+            flop = sum(f or 0.0 for _, _, f in costs)
+            lines.append(f"        {sp.size} in all: {len(costs)} cells, {sum(n for n, _, _ in costs)} steps, "
+                         f"{sum(t for _, t, _ in costs):.3g} tokens" + (f", {flop:.3g} FLOPs" if flop else ""))
     lines.append(f"total: {len(cells)} cells, {total_steps} steps, {total_tokens:.3g} tokens"
                  + (f", {total_flops:.3g} FLOPs" if total_flops else "")
                  + (" (WSD branches counted at their cooldown)" if any(cell.trunk for cell in cells) else ""))
-    if not single:
-        for sp in plan.sizes:
-            costs = [cell_cost(sp, cell) for cell in cells if cell.size == sp.size]
-            flop = sum(f or 0.0 for _, _, f in costs)
-            lines.append(f"  {sp.size:>6}: {len(costs)} cells, {sum(n for n, _, _ in costs)} steps, "
-                         f"{sum(t for _, t, _ in costs):.3g} tokens" + (f", {flop:.3g} FLOPs" if flop else ""))
+
     lines += [f"warning: {w}" for w in plan.warnings]
     for cell in cells:
         after = (f"  (branch of {cell.trunk} from step {cell.branch_step})" if cell.trunk else

@@ -20,6 +20,18 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     return values
 
 
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r} lists no value")
+    return values
+
+
 @click.command("sweep")
 @click.option("--sizes", help="Comma-separated sizes, e.g. 9M,85M,302M,1.2B (see `scaling sizes`).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -30,6 +42,12 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--seeds", type=int, help="Seeds per (size, lr): 0..S-1.")
 @click.option("--steps", type=int, help="Training steps per cell.")
 @click.option("--tokens", type=int, help="Training tokens per cell (sets the steps).")
+@click.option("--horizons", help="Comma-separated horizons of every size (in --horizon-unit), e.g. 150,300,600: "
+                                 "one cell per horizon; under the wsd schedule the longest is a trunk, the others "
+                                 "branch from it.")
+@click.option("--horizon-unit", type=click.Choice(["steps", "tokens"]), default=None,
+              help="Unit of the horizons [steps]; tokens -> steps = ceil(tokens / (batch x seq_len)) per batch.")
+@click.option("--batch-sizes", help="Comma-separated global batch sizes (sequences) of every size, e.g. 8,16.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default=None,
               help="local: subprocesses on this machine; slurm: a job array; debug: in-process.")
 @click.option("--max-parallel", type=int, help="Most cells running at once.")
@@ -50,13 +68,16 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Keep the newest checkpoint of each finished cell (default: remove them once a cell is final).")
 @click.option("--dry-run", is_flag=True, help="List cells, LRs and resources per job; submit nothing.")
-def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, executor, max_parallel, batch_size,
+def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, horizons, horizon_unit, batch_sizes,
+                  executor, max_parallel, batch_size,
                   micro_batch_size, seq_len, memory_gb, max_retries, parametrization, base_size, alpha, out, arms,
                   no_wait, keep_checkpoints, dry_run) -> None:
-    """Run (or resume) a learning-rate grid: one trainer run per (size, lr, seed). A sweep file
-    with arms runs each arm as its own sweep, in OUT/ARM."""
+    """Run (or resume) a learning-rate grid: one trainer run per (size, lr, batch, horizon, seed).
+    A sweep file with arms runs each arm as its own sweep, in OUT/ARM."""
     flags = dict(sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()) if sizes is not None else None,
                  lrs=_floats(lrs, "--lrs"), points=points, span=span, seeds=seeds, steps=steps, tokens=tokens,
+                 horizons=_ints(horizons, "--horizons"), horizon_unit=horizon_unit,
+                 batch_sizes=_ints(batch_sizes, "--batch-sizes"),
                  executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out, memory_gb=memory_gb,
                  model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha},
                  shape={"batch_size": batch_size, "micro_batch_size": micro_batch_size, "seq_len": seq_len})
