@@ -1,9 +1,12 @@
-"""One sweep cell = one (size, lr, seed) trainer run in its own directory.
+"""One sweep cell = one (size, lr, batch, horizon, seed) trainer run in its own directory.
 
 A cell directory is the trainer's run directory (``config.json``, ``metrics.jsonl``,
 ``result.json``, ``checkpoints/``) plus three files the sweep owns:
 
-* ``cell.json``: what the cell is (size, peak lr, seed) and the full ``TrainConfig`` dict it runs.
+* ``cell.json``: what the cell is (size, peak lr, seed) and the full ``TrainConfig`` dict it runs
+  (its batch and horizon included); a WSD branch adds ``trunk`` (the name of its trunk's cell,
+  in the same size directory) and ``branch_step``, from which :func:`branch_init` makes the run's
+  ``init_from`` when its job starts.
 * ``attempts.json``: one entry per trainer start (host, pid, job id, trainer pid, outcome, error,
   peak_rss_bytes), so retries and restarts are counted from disk, not from a scheduler's memory.
   ``error`` says why an attempt did not finish: ``exit code N``, ``killed by SIGSEGV``, ``killed

@@ -1,4 +1,5 @@
-"""Running learning-rate grid sweeps: one trainer run per (size, lr, seed) cell, through submitit.
+"""Running learning-rate grid sweeps: one trainer run per (size, lr, batch, horizon, seed) cell,
+through submitit.
 
 The layout: :mod:`scaling.sweep_plan` turns a sweep file and flags into a validated plan
 (writes nothing); this module drives a plan (:func:`run_sweep`, :func:`run_sweeps` for the
@@ -8,9 +9,19 @@ says where jobs run (local processes, SLURM job arrays, in-process for debugging
 
 A sweep lives in one directory::
 
-    DIR/sweep.json                      resolved config, grid per size, edge extensions
+    DIR/sweep.json                      resolved config, grid and curves per size, edge extensions
     DIR/<size>/lr=3.16e-04_seed=0/      one cell = one trainer run dir (see scaling.cells)
+    DIR/<size>/lr=3.16e-04_bs=16_steps=600_seed=0/   the same in a sweep of several batches/horizons
     DIR/.submitit/                      submitit's pickles and job logs
+
+WSD trunks and branches: a branch cell starts only once its trunk is final on disk, from the
+trunk's checkpoint at the branch's cooldown start, on every executor: the driver, which polls
+the cells anyway, submits it then (locally to a free worker, on SLURM in the next job array).
+That is more robust than a scheduler dependency (``afterok``): a trunk that diverged at or
+before a branch point ends its job with success although its branch must not train (the driver
+writes that branch's diverged result instead); a trunk retried as a new job or requeued would
+leave a dependent job pending forever on the old id; and the rule reads files only, as a rerun
+after ``kill -9`` does. A trunk keeps its checkpoints until every one of its branches is final.
 
 Disk is the source of truth: :func:`run_sweep` decides what to run from the cell files, so a
 rerun of the same command skips final cells, resumes interrupted ones from their checkpoint and
@@ -266,7 +277,8 @@ def run_sweep(config: SweepConfig | SweepPlan, *, wait: bool = True, progress: b
     A directory another live driver runs is refused before anything is written. A full disk is
     one ConfigError naming the file it could not write; every finished cell is kept. Once a
     cell is final its ``checkpoints/`` are removed, unless ``keep_checkpoints`` (None: the sweep
-    config's ``keep_checkpoints``, default False), which keeps the newest one.
+    config's ``keep_checkpoints``, default False), which keeps the newest one; a WSD trunk's
+    wait until every branch that starts from one of them is final.
     """
     plan = config if isinstance(config, SweepPlan) else plan_sweep(config)
     if plan.config.executor == "slurm":
@@ -667,7 +679,7 @@ class StatusResult:
         if self.launch is not None:
             return format_launch_status(self.launch)
         lines = [format_status(self.sizes or [])]
-        lines += [f"failed {st.size} lr={st.lr:.2e} seed={st.seed}: giving up after {st.attempts} attempt(s): "
+        lines += [f"failed {st.label}: giving up after {st.attempts} attempt(s): "
                   f"{st.error or 'no attempt was recorded'}" for st in self.failed]
         if self.disk_bytes is not None:
             lines.append(f"disk: {format_bytes(self.disk_bytes)} under {self.dir}")

@@ -313,15 +313,13 @@ def size_cells(size: str, lrs: tuple[float, ...] | list[float], seeds: int, curv
             save = tuple(sorted({b for b in branch_steps if b is not None}))
             longest = max(curve.horizons)
             for seed in range(seeds):
-                def name(steps: int) -> str:
-                    return cell_name(lr, seed, curve.batch_size if "bs" in axes else None,
-                                     steps if "steps" in axes else None)
-
+                names = {steps: cell_name(lr, seed, curve.batch_size if "bs" in axes else None,
+                                          steps if "steps" in axes else None) for steps in curve.horizons}
                 for steps, branch_step in zip(curve.horizons, branch_steps):
                     common = dict(size=size, lr=lr, seed=seed, batch_size=curve.batch_size, steps=steps,
-                                  warmup_steps=curve.warmup_steps, name=name(steps), decay_steps=curve.decay_steps)
+                                  warmup_steps=curve.warmup_steps, name=names[steps], decay_steps=curve.decay_steps)
                     if branch_step is not None:
-                        out.append(CellSpec(**common, trunk=name(longest), branch_step=branch_step))
+                        out.append(CellSpec(**common, trunk=names[longest], branch_step=branch_step))
                     else:
                         out.append(CellSpec(**common, save_steps=save if steps == longest else ()))
     return out

@@ -174,10 +174,16 @@ def test_designs_whose_ln_n_and_ln_d_are_collinear_are_flagged():
 def test_the_shipped_horizon_sweeps_plan():
     cpu = plan_sweep(load_sweep_config(ROOT / "sweeps" / "cpu-horizons.toml"))
     assert cpu.axes == ("bs", "steps") and cpu.warnings == ()
-    assert {c.role for c in cpu.cells()} == {"trunk", "branch"}
+    assert {c.role for c in cpu.cells()} == {"trunk", "branch"} and cpu.n_cells == 72
+    assert [(c.batch_size, c.horizons, c.warmup_steps, c.branch_steps) for c in cpu.sizes[0].curves] == [
+        (8, (64, 128, 256), 6, (51, 102, None)), (16, (32, 64, 128), 3, (26, 51, None))]
+    assert [len(sp.curves) for sp in cpu.sizes] == [2, 2, 1, 1]
+    assert "total: 72 cells, 5896 steps, 7.24e+06 tokens, 3.66e+13 FLOPs" in describe_plan(cpu)
     mm1 = plan_sweep(load_sweep_config(ROOT / "sweeps" / "mm1-horizons.toml"))
     assert mm1.axes == ("bs", "steps") and mm1.warnings == ()
-    assert {c.horizons for sp in mm1.sizes for c in sp.curves} == {(2500, 5000, 10000)}
+    assert {(c.batch_size, c.horizons) for sp in mm1.sizes for c in sp.curves} == {(512, (2500, 5000, 10000)),
+                                                                           (256, (5000, 10000, 20000))}
+    assert mm1.n_cells == 126 and "total: 126 cells, 644000 steps, 1.01e+12 tokens, 3.1e+21 FLOPs" in describe_plan(mm1)
 
 
 # ------------------------------------------------------------------------------------ the sweep dir
@@ -291,3 +297,19 @@ def test_a_wsd_branch_equals_a_straight_run_and_runs_after_its_trunk(tmp_path, c
     run_sweep(SweepConfig(sizes=("w32",), lrs=(3e-3, 30.0), horizons=(40, 20), executor="debug", max_extend=0,
                           out=str(tmp_path / "wsd"), train=train), progress=False, echo=lambda _: None)
     assert len(cells.read_attempts(branch)) == 1 and json.loads((branch / "result.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slurm
+def test_on_slurm_a_branch_is_submitted_after_its_trunk_and_equals_a_straight_run(slurm_cluster, corpus, tmp_path):
+    train = tiny(corpus, optimizer=WSD)
+    wsd = run_sweep(SweepConfig(sizes=("w32",), lrs=(3e-3,), horizons=(40, 20), executor="slurm", max_parallel=2,
+                                max_extend=0, out=str(tmp_path / "slurm"), train=train), progress=False,
+                    echo=lambda _: None)
+    straight = run_sweep(SweepConfig(sizes=("w32",), lrs=(3e-3,), steps=20, executor="debug", max_extend=0,
+                                     out=str(tmp_path / "straight"), train=train), progress=False, echo=lambda _: None)
+    branch, trunk = wsd.dir / "w32" / "lr=3.00e-03_steps=20_seed=0", wsd.dir / "w32" / "lr=3.00e-03_steps=40_seed=0"
+    [b], [t] = cells.read_attempts(branch), cells.read_attempts(trunk)
+    # two SLURM jobs, the branch's submitted once the trunk's had ended
+    assert b["job_id"] != t["job_id"] and b["started_at"] >= t["finished_at"]
+    runs = collect_runs(wsd.dir).set_index("steps")
+    assert runs.loc[20].loss == collect_runs(straight.dir).loss.iloc[0] and runs.loc[40].status == "ok"
