@@ -630,6 +630,9 @@ def run_sweeps(config_path: str | Path | None, arms: tuple[str, ...] | None = No
     plans = [plan_sweep(load_sweep_config(config_path, arm=arm, **(flags or {}))) for arm in chosen or (None,)]
     if dry_run:
         return SweepsResult(plans=plans, sweeps=[], dry_run=True)
+    for plan in plans:  # a dry run prints them in its description
+        for warning in plan.warnings:
+            echo(f"warning: {warning}")
     sweeps = [run_sweep(plan, wait=not no_wait, echo=echo, keep_checkpoints=keep_checkpoints) for plan in plans]
     return SweepsResult(plans=plans, sweeps=sweeps, waited=not no_wait)
 

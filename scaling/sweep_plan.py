@@ -510,8 +510,9 @@ def _curves(config: SweepConfig, train: dict[str, Any], probe: TrainConfig, size
                                       f"warmup_fraction or optimizer.cooldown_fraction")
             if len(horizons) > 1:
                 branch_steps = tuple(cooldown_start(steps) for steps in horizons[:-1]) + (None,)
+        decay = user_opt.get("decay_steps")  # one horizon only (plan_sweep refuses it with several)
         curves.append(CurvePlan(batch_size=batch, horizons=horizons, warmup_steps=warmup, branch_steps=branch_steps,
-                                decay_steps=user_opt.get("decay_steps")))
+                                decay_steps=None if decay == horizons[-1] else decay))
     return tuple(curves)
 
 

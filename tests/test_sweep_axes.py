@@ -200,6 +200,8 @@ def test_an_old_sweep_directory_resumes_with_its_names(tmp_path, corpus):
     assert [c.name for c in meta_cells(meta)] == ["lr=1.00e-03_seed=0", "lr=2.00e-03_seed=0"]
     assert meta_cells(meta)[0].warmup_steps == 1 and meta_cells(meta)[0].steps == 6
     prepare_sweep_dir(plan)  # accepted: the same cells
+    decayed = SweepConfig(**{**config.__dict__, "train": tiny(corpus, optimizer={"decay_steps": 6})})
+    prepare_sweep_dir(plan_sweep(decayed))  # a decay set to the one horizon is the default, as before
     assert sorted(p.name for p in (plan.out / "100K").iterdir()) == ["lr=1.00e-03_seed=0", "lr=2.00e-03_seed=0"]
     for changed, message in [(dict(steps=None, horizons=(6, 12)), "whose cell names carry lr and seed only, this "
                                                                   "one's steps"),
