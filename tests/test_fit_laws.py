@@ -16,6 +16,7 @@ import pytest
 
 from mm1model.config import ConfigError
 from mm1model.paper import STEP_LAW_WITHIN
+from scaling import plots
 from scaling.fit import batch_tokens, fit_runs, parabola_window, select_curve
 from scaling.law import BatchLaw, FitResult, mm1_law
 
@@ -329,3 +330,6 @@ def test_three_feature_law_predicts_bounds_and_round_trips_through_json(tmp_path
     assert law.formula().startswith("B* = exp(+0.5716 [") and law.formula().endswith(") tokens/step")
     rows = result.regression_rows
     assert {"steps", "batch_size", "batch_tokens", "log_batch", "log_tokens"} <= set(rows[0])
+    # Both figures draw a law with a batch term over (lr, batch) cells, from the file alone.
+    drawn = plots.loss_vs_lr(loaded, tmp_path / "loss") + plots.lr_law(loaded, tmp_path / "law")
+    assert [p.name for p in drawn] == ["loss.png", "loss.svg", "law.png", "law.svg"]
