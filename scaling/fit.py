@@ -50,7 +50,8 @@ def read_runs(inputs: Sequence[str | Path], n_convention: str = "non_embedding")
     (CSV, Parquet, JSONL).
 
     Columns: ``params`` (N, > 0), ``lr`` (peak LR, > 0), ``loss`` (final validation loss) are
-    required; ``size, tokens, batch_size, seed, status, steps, wall_s, path`` optional. A run with
+    required; ``size, tokens, batch_size, seq_len, batch_tokens, schedule, seed, status, steps,
+    wall_s, path`` optional (the batch in tokens per step: :func:`batch_tokens`). A run with
     status ``diverged`` or a non-finite loss gets loss = +inf (worse than any finite loss);
     status ``failed`` rows are not results and are left out. A missing column, a value that is
     not a number (``6.98O``), an empty loss on a row whose status is not diverged or failed, or a
@@ -371,10 +372,16 @@ class Cell:
     noise: float = 0.0
     # Least-squares solvers by window: a bootstrap reselects the same windows again and again.
     solvers: dict = field(default_factory=dict, repr=False, compare=False)
+    # Derived: the distinct batches (M,), each point's batch (P,), where each batch's points
+    # start, and the runs per point (P,).
+    batches: np.ndarray = field(init=False, repr=False, compare=False)
+    batch_of: np.ndarray = field(init=False, repr=False, compare=False)
+    batch_start: np.ndarray = field(init=False, repr=False, compare=False)
+    counts: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         z = self.log_batch if self.log_batch is not None else np.zeros(len(self.log_lr))
-        self.batches, self.batch_of = np.unique(z, return_inverse=True)  # (M,), (P,)
+        self.batches, self.batch_of = np.unique(z, return_inverse=True)
         self.batch_start = np.searchsorted(z, self.batches)  # points are sorted by batch
         self.counts = np.bincount(self.run_point, minlength=len(self.log_lr))
 
@@ -879,6 +886,11 @@ def _batch_rows(optima: list[dict], features: str) -> tuple[np.ndarray, np.ndarr
     return np.array(y), np.array(x).reshape(len(y), -1)
 
 
+# What the batch law's rows are, by selection rule.
+ROWS_OF = {"within": "every kept (lr, batch) point", "parabola": "each cell's B* (the surface's stationary point, "
+           "or the best batch where there was none)", "argmin": "each cell's best batch"}
+
+
 def fit_batch_law(optima: list[dict], features: str = "tokens") -> tuple[BatchLaw | None, str | None]:
     """Step Law's batch law, OLS of ln B on ln D (``features`` "tokens,params": and ln N) over
     the same selected rows as the LR law, in the cells where the batch was swept: (the law,
@@ -904,7 +916,8 @@ def fit_batch_law(optima: list[dict], features: str = "tokens") -> tuple[BatchLa
         ci95={t: ([float(ci[i][0]), float(ci[i][1])] if has_err else None) for i, t in enumerate(terms)},
         n_rows=len(y), r2=float(res.rsquared) if len(y) > 2 else None,
         cov=np.asarray(res.cov_params()).tolist() if has_err else None,
-        scale=float(res.scale) if has_err else None, df_resid=float(res.df_resid)), None
+        scale=float(res.scale) if has_err else None, df_resid=float(res.df_resid),
+        note=f"{len(y)} rows, {ROWS_OF[swept[0]['select']]} of the {len(swept)} cells where the batch was swept"), None
 
 
 # --------------------------------------------------------------------------- the fit-level bootstrap
@@ -981,7 +994,7 @@ def bootstrap_laws(optima: list[dict], draws: list[list], features: Sequence[str
             for b in range(n_draws):
                 chosen = [(c, draws[c][b]) for c in np.flatnonzero(swept) if draws[c][b] is not None]
                 batch[b] = _row_refit([np.repeat(batch_x[c:c + 1], len(ch.log_batch), axis=0) for c, ch in chosen],
-                                      [ch.log_batch for ch in chosen], [np.ones(len(ch.log_batch)) for _, ch in chosen],
+                                      [ch.log_batch for _, ch in chosen], [np.ones(len(ch.log_batch)) for _, ch in chosen],
                                       batch_x.shape[1])
         batch = batch[~np.isnan(batch).any(axis=1)]
     ok = ~np.isnan(lr).any(axis=1)
