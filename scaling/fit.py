@@ -962,7 +962,6 @@ def bootstrap_laws(optima: list[dict], draws: list[list], features: Sequence[str
     weights = np.ones(len(optima)) if weights is None else weights
     log_n = np.array([math.log(o["params"]) for o in optima])
     log_d = np.array([math.log(o["tokens"]) if o.get("tokens") else math.nan for o in optima])
-    cell_x = np.column_stack([np.ones(len(optima))] + [{"params": log_n, "tokens": log_d}.get(f, log_n) for f in features])
     swept = np.array([o["batch_swept"] for o in optima])
     batch_x = np.column_stack([np.ones(len(optima)), log_d] + ([log_n] if batch_features == "tokens,params" else []))
     one_row = all(o["select"] != "within" for o in optima)
@@ -971,6 +970,7 @@ def bootstrap_laws(optima: list[dict], draws: list[list], features: Sequence[str
         z = np.array([[c.log_batch[0] if c is not None and c.log_batch is not None else math.nan for c in cell]
                       for cell in draws]).T
     if one_row and "batch" not in features:
+        cell_x = np.column_stack([np.ones(len(optima))] + [{"params": log_n, "tokens": log_d}[f] for f in features])
         lr = _fixed_design_refits(cell_x, y, weights)
     else:
         lr = np.full((n_draws, len(features) + 1), math.nan)
