@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from mm1model.paper import STEP_LAW_WITHIN
-from scaling.law import N_CONVENTIONS, REFERENCES
+from scaling.law import FEATURES, N_CONVENTIONS, REFERENCES
 from scaling.report import DEFAULT_TARGETS, run_fit
 
 
@@ -13,10 +13,11 @@ from scaling.report import DEFAULT_TARGETS, run_fit
 @click.option("--select", default="parabola", show_default=True,
               help=f"Optimum per size: parabola | argmin | within:FRAC (e.g. within:{STEP_LAW_WITHIN:g}).")
 @click.option("--features", default="params", show_default=True,
-              help="Regressors of ln lr*: params (ln N) or params,tokens (ln N, ln D).")
+              help=f"Regressors of ln lr*: {' | '.join(FEATURES)} (ln N, ln D, ln B; B in tokens per step).")
 @click.option("--weighted", is_flag=True, help="WLS weighted by the optima's bootstrap variances.")
 @click.option("--bootstrap", default=200, show_default=True, type=int,
-              help="Resamples per size for the optimum's 95% interval (0: none).")
+              help="Bootstrap draws: each resamples the runs within every cell, reselects the optima and "
+                   "refits the law (its percentile intervals, each optimum's 95% interval; 0: none).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--targets", default=",".join(DEFAULT_TARGETS), show_default=True,
               help="Sizes to predict: size names or raw N (e.g. 3B,7B,3e10).")
