@@ -216,6 +216,18 @@ def single_seq_len(runs: pd.DataFrame) -> int | None:
     return int(values[0]) if len(values) == 1 else None
 
 
+def single_weight_decay_ratio(runs: pd.DataFrame) -> float | None:
+    """lambda / peak LR shared by every run (MM1's 0.1 in a default sweep), from the runs'
+    ``weight_decay`` column; None when it is missing or the ratio differs between runs (the
+    weight-decay timescale rule of :func:`scaling.recipe.sweep_timescale` then has nothing to hold)."""
+    if "weight_decay" not in runs or runs["weight_decay"].isna().any():
+        return None
+    ratios = (pd.to_numeric(runs["weight_decay"], errors="coerce") / runs["lr"]).to_numpy()
+    if not np.isfinite(ratios).all() or len(ratios) == 0:
+        return None
+    return float(ratios[0]) if np.allclose(ratios, ratios[0], rtol=1e-6, atol=0) else None
+
+
 # --------------------------------------------------------------------------- selection
 def parse_select(select: str) -> tuple[str, float | None]:
     """('parabola'|'argmin', None) or ('within', FRAC) from ``--select``."""
@@ -1063,4 +1075,5 @@ def fit_runs(runs: pd.DataFrame, select: str = "parabola", features: str | Seque
                      seed=seed, optima=optima, dropped_groups=dropped, batch_law=batch,
                      bootstrap_coefficients=coefs.tolist(), bootstrap_failed=failed,
                      bootstrap_ci95=_percentile_ci95(coefs, fitted["coefficients"]),
-                     schedule=schedule, seq_len=single_seq_len(runs), warnings=notes, **fitted)
+                     schedule=schedule, seq_len=single_seq_len(runs),
+                     weight_decay_ratio=single_weight_decay_ratio(runs), warnings=notes, **fitted)

@@ -205,6 +205,9 @@ class FitResult:
     bootstrap_ci95: dict[str, list[float]] = field(default_factory=dict)
     schedule: str | None = None
     seq_len: int | None = None
+    # lambda / peak LR of every run of the sweep (None: not recorded or not one value); with each
+    # optimum's steps it gives the sweep's weight-decay timescale (scaling.recipe.sweep_timescale)
+    weight_decay_ratio: float | None = None
     warnings: list[str] = field(default_factory=list)
     targets: list[dict[str, Any]] = field(default_factory=list)
 
