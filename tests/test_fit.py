@@ -17,7 +17,8 @@ from mm1model.config import ConfigError
 from mm1model.paper import MM1_LAW_INTERCEPT as MM1_INTERCEPT
 from mm1model.paper import MM1_LAW_SLOPE as MM1_LN_PARAMS
 from mm1model.paper import MM1_SWEEP_PARAMS
-from scaling.fit import fit_line, fit_runs, select_curve
+from scaling.fit import fit_line, fit_runs
+from scaling.optima import select_curve
 from scaling.law import FitResult, mm1_law
 from scaling.report import with_targets
 

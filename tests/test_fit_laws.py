@@ -17,7 +17,8 @@ import pytest
 from mm1model.config import ConfigError
 from mm1model.paper import STEP_LAW_WITHIN
 from scaling import plots
-from scaling.fit import batch_tokens, fit_runs, parabola_window, select_curve
+from scaling.fit import fit_runs
+from scaling.optima import batch_tokens, parabola_window, select_curve
 from scaling.law import BatchLaw, FitResult, mm1_law
 
 LN2 = math.log(2)
