@@ -26,7 +26,7 @@ Per (label, family):
 The steps are `scaling fit`'s own: runs read by :func:`scaling.runs.collect_runs`, labelled by
 :class:`scaling.runs.Parametrization` (``label`` is its ``kind``), checked by
 :func:`scaling.runs.single_parametrization`; loss curves, seed means and lr* by
-:func:`scaling.fit.select_optima`; slopes and the hold-out law by :func:`scaling.fit.fit_line`.
+:func:`scaling.optima.select_optima`; slopes and the hold-out law by :func:`scaling.fit.fit_line`.
 :func:`compare` returns a :class:`CompareResult`; :func:`run_compare` (the command) also writes
 compare.json and the two figures.
 """
@@ -44,7 +44,8 @@ from mm1model import records
 from mm1model.config import ConfigError, replace
 from mm1model.parametrization import parametrize
 from mm1model.sizes import family_of, get_size
-from scaling.fit import clean_runs, fit_line, select_optima
+from scaling.fit import clean_runs, fit_line
+from scaling.optima import select_optima
 from scaling.plots import pyplot, write_figure
 from scaling.runs import Parametrization, collect_runs, single_parametrization
 

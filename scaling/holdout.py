@@ -29,7 +29,8 @@ import pandas as pd
 
 from mm1model.config import ConfigError
 from scaling.compare import regret_at
-from scaling.fit import clean_runs, fit_runs, select_optima
+from scaling.fit import clean_runs, fit_runs
+from scaling.optima import select_optima
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,7 +70,9 @@ class Prepared:
             "size": p.size, "params": int(r.params), "n_convention": r.n_convention,
             "peak_lr": r.peak_lr, "peak_lr_pi95": list(r.peak_lr_pi95) if r.peak_lr_pi95 else None,
             "min_lr": r.min_lr, "warmup_steps": r.warmup_steps, "decay_steps": r.decay_steps, "steps": r.steps,
-            "schedule": r.schedule, "weight_decay": r.weight_decay, "z_loss": r.z_loss, "grad_clip": r.grad_clip,
+            "peak_lr_bootstrap95": list(r.peak_lr_bootstrap95) if r.peak_lr_bootstrap95 else None,
+            "total_tokens": r.total_tokens, "schedule": r.schedule, "weight_decay": r.weight_decay,
+            "weight_decay_rule": r.weight_decay_rule, "z_loss": r.z_loss, "grad_clip": r.grad_clip,
             "batch_size": r.batch_size, "seq_len": r.seq_len, "max_images": r.max_images,
             "nodes": p.nodes, "gpus_per_node": p.gpus_per_node, "memory_per_gpu_gb": p.memory_per_gpu_gb,
             "gpu_hours": p.gpu_hours, "micro_batch_size": p.micro_batch_size, "grad_accum_steps": p.grad_accum_steps,
@@ -96,13 +98,19 @@ def describe_recipe(r: Recipe) -> str:
     """The recipe in four lines, each value tagged with its origin (fit, paper, user)."""
     o = r.origins
     pi = f" (95% PI {r.peak_lr_pi95[0]:.2e}-{r.peak_lr_pi95[1]:.2e})" if r.peak_lr_pi95 else ""
+    if r.peak_lr_bootstrap95:
+        pi += f" (bootstrap 95% {r.peak_lr_bootstrap95[0]:.2e}-{r.peak_lr_bootstrap95[1]:.2e})"
+    batch_pi = (f" (95% {r.batch_size_pi95[0]:.0f}-{r.batch_size_pi95[1]:.0f})" if r.batch_size_pi95 else "")
+    timescale = f", timescale {r.weight_decay_timescale:.3g} runs" if r.weight_decay_timescale else ""
     rows = [
         f"recipe     {r.size}: peak LR {r.peak_lr:.3g} [{o['peak_lr']}]{pi} at N = {r.params:,.0f} ({r.n_convention})",
-        f"schedule   warmup {r.warmup_steps:,} [{o['warmup_steps']}], cosine to min LR {r.min_lr:.3g} "
-        f"[{o['min_lr']}] over {r.decay_steps:,} steps [{o['decay_steps']}], {r.steps:,} steps [{o['steps']}]",
-        f"optimizer  AdamW, decoupled weight decay {r.weight_decay:.3g} [{o['weight_decay']}], grad clip "
-        f"{r.grad_clip:g} [{o['grad_clip']}], z-loss {r.z_loss:g} [{o['z_loss']}]",
-        f"data       batch {r.batch_size} [{o['batch_size']}] x {r.seq_len} tokens [{o['seq_len']}], "
+        f"schedule   warmup {r.warmup_steps:,} [{o['warmup_steps']}], {r.schedule} to min LR {r.min_lr:.3g} "
+        f"[{o['min_lr']}] over {r.decay_steps:,} steps [{o['decay_steps']}], {r.steps:,} steps [{o['steps']}], "
+        f"{r.total_tokens:.3g} tokens [{o['total_tokens']}]",
+        f"optimizer  AdamW, decoupled weight decay {r.weight_decay:.3g} [{o['weight_decay']}] "
+        f"({r.weight_decay_rule} rule{timescale}), grad clip {r.grad_clip:g} [{o['grad_clip']}], "
+        f"z-loss {r.z_loss:g} [{o['z_loss']}]",
+        f"data       batch {r.batch_size} [{o['batch_size']}]{batch_pi} x {r.seq_len} tokens [{o['seq_len']}], "
         f"up to {r.max_images} images [{o['max_images']}] per sequence",
     ]
     return "\n".join(rows)
@@ -130,21 +138,27 @@ def load_law(fit: str | Path | None, reference: str | None, size: str, n_convent
 def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str | None = None,
                    n_convention: str = "non_embedding", recipe: dict[str, Any] | None = None,
                    plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
-                   executor: str = "slurm", out: str | Path | None = None) -> Prepared:
+                   executor: str = "slurm", out: str | Path | None = None, tokens: float | None = None,
+                   weight_decay_rule: str = "mm1") -> Prepared:
     """Resolve a launch of ``size`` without writing or submitting anything.
 
     ``recipe``: overrides of :data:`scaling.recipe.OVERRIDABLE` (origin "user"). ``plan``:
     :class:`PlanConfig` fields (nodes, gpus_per_node, gpu, gpu_mem_gb, partition, time, mfu, ...).
     ``train``: extra TrainConfig fields (:data:`TRAIN_FIELDS`, plus ``data`` overrides such as
     ``{"corpus": DIR}``). ``n_convention``: how N is counted (non_embedding, the project's
-    default, or total); a fit made with the other one is refused.
+    default, or total); a fit made with the other one is refused. ``tokens``: the target's token
+    budget, ``weight_decay_rule``: "mm1" or "timescale" (:func:`scaling.recipe.recipe_for`); a
+    batch from the fit's batch law is rounded to a multiple of the GPUs when ``nodes`` is given
+    (of one node's GPUs otherwise), so it divides over the ranks.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
     get_size(size)
     law = load_law(fit, reference, size, n_convention)
-    rec = recipe_for(size, law, recipe)
     plan_fields = dict(plan or {})
+    ranks = int(plan_fields.get("nodes") or 1) * int(plan_fields.get("gpus_per_node") or
+                                                     (1 if executor == "local" else PlanConfig.gpus_per_node))
+    rec = recipe_for(size, law, recipe, tokens=tokens, weight_decay_rule=weight_decay_rule, batch_multiple=ranks)
     device = plan_fields.setdefault("device", "cpu" if executor == "local" else "cuda")
     if executor == "local":
         plan_fields.setdefault("gpus_per_node", 1)
@@ -303,12 +317,14 @@ def run_launch(size: str, *, fit: str | Path | None = None, reference: str | Non
                n_convention: str = "non_embedding", recipe: dict[str, Any] | None = None,
                plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None, executor: str = "slurm",
                out: str | Path | None = None, dry_run: bool = False, as_json: bool = False, resubmit: bool = False,
-               wait: bool = False, echo: Callable[[str], None] = print) -> LaunchResult:
+               wait: bool = False, echo: Callable[[str], None] = print, tokens: float | None = None,
+               weight_decay_rule: str = "mm1") -> LaunchResult:
     """``scaling launch``: resolve (:func:`prepare_launch`, same arguments), show the recipe and
     plan through ``echo``, then refuse a plan that does not fit (a dry run too) or submit
     (:func:`launch`) and, with ``wait``, wait for every task."""
     prepared = prepare_launch(size, fit=fit, reference=reference, n_convention=n_convention, recipe=recipe,
-                              plan=plan, train=train, executor=executor, out=out)
+                              plan=plan, train=train, executor=executor, out=out, tokens=tokens,
+                              weight_decay_rule=weight_decay_rule)
     echo(prepared.describe(as_json))  # before any refusal: it says what does not fit
     if dry_run:
         prepared.check_fits()

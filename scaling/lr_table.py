@@ -1,7 +1,7 @@
 """The LR table for target sizes, as Markdown, CSV and JSON.
 
 One row per target (:func:`table_row`): the recipe ``scaling.recipe.recipe_for`` gave under a
-law, with the law's 95% prediction interval, and (when a reference law was shown) the
+law, with the law's 95% prediction interval (and its bootstrap interval), and (when a reference law was shown) the
 reference's peak LR beside it. Presentation only: the rows are made from recipes
 :mod:`scaling.report` computed once per target; nothing here predicts. :func:`to_markdown` is
 the one rendering of the table: the full recipe (lr_table.md) or its peak-LR columns
@@ -23,12 +23,15 @@ COLUMNS = [
     ("peak_lr", "peak LR"),
     ("peak_lr_pi95_low", "PI95 low"),
     ("peak_lr_pi95_high", "PI95 high"),
+    ("peak_lr_boot95_low", "boot95 low"),
+    ("peak_lr_boot95_high", "boot95 high"),
     ("reference_lr", "MM1 LR"),
     ("min_lr", "min LR"),
     ("warmup_steps", "warmup"),
     ("decay_steps", "decay steps"),
     ("schedule", "schedule"),
     ("weight_decay", "weight decay"),
+    ("weight_decay_timescale", "wd timescale (runs)"),
     ("batch_size", "batch (seq)"),
     ("batch_tokens", "batch (tokens)"),
     ("seq_len", "seq len"),
@@ -39,19 +42,21 @@ COLUMNS = [
     ("total_tokens", "total tokens"),
 ]
 # The columns a command prints: the law's answer, without the rest of the recipe.
-PEAK_LR_COLUMNS = ("target", "params", "peak_lr", "peak_lr_pi95_low", "peak_lr_pi95_high", "reference_lr")
+PEAK_LR_COLUMNS = ("target", "params", "peak_lr", "peak_lr_pi95_low", "peak_lr_pi95_high", "peak_lr_boot95_low",
+                   "peak_lr_boot95_high", "reference_lr")
 
 
 def table_row(r: Recipe, reference_lr: float | None = None) -> dict[str, Any]:
     """One dict with the keys of :data:`COLUMNS` for the recipe ``r`` (PI columns None when its
     law has no interval; ``reference_lr`` None without a reference law)."""
-    pi = r.peak_lr_pi95
+    pi, boot = r.peak_lr_pi95, r.peak_lr_bootstrap95
     return {
         "target": r.size or f"{r.params:.3g}", "params": r.params, "peak_lr": r.peak_lr,
         "peak_lr_pi95_low": pi[0] if pi else None, "peak_lr_pi95_high": pi[1] if pi else None,
+        "peak_lr_boot95_low": boot[0] if boot else None, "peak_lr_boot95_high": boot[1] if boot else None,
         "reference_lr": reference_lr, "min_lr": r.min_lr, "warmup_steps": r.warmup_steps,
         "decay_steps": r.decay_steps, "schedule": f"{r.schedule} to {r.min_lr_ratio:g}x peak",
-        "weight_decay": r.weight_decay, "batch_size": r.batch_size, "batch_tokens": r.batch_tokens,
+        "weight_decay": r.weight_decay, "weight_decay_timescale": r.weight_decay_timescale, "batch_size": r.batch_size, "batch_tokens": r.batch_tokens,
         "seq_len": r.seq_len, "max_images": r.max_images, "image_tokens": r.image_tokens,
         "grad_clip": r.grad_clip, "z_loss": r.z_loss, "total_tokens": r.total_tokens,
     }

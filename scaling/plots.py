@@ -60,23 +60,41 @@ def _loss(point: dict) -> float:
     return math.inf if point["loss"] is None else point["loss"]
 
 
+def _batch_key(point: dict) -> tuple:
+    """Which batch a point was run at (a loaded fit.json of an older fit has no batch fields)."""
+    return point.get("batch_tokens"), point.get("batch_size")
+
+
 def loss_vs_lr(result: FitResult, stem: str | Path) -> list[Path]:
-    """Final validation loss against peak LR, one curve per size (seed means), diverged runs as
-    crosses on the top edge, the chosen optimum as a star with its bootstrap 95% interval."""
+    """Final validation loss against peak LR, one curve per size (seed means; where the batch
+    was swept, the best batch's curve, the other batches' faint), diverged runs as crosses on
+    the top edge, the chosen optimum as a star with its bootstrap 95% interval."""
     fig, ax = pyplot().subplots(figsize=(7.5, 4.8))
     finite = [_loss(p) for o in result.optima for p in o["points"] if math.isfinite(_loss(p))]
     top = max(finite) + 0.08 * (max(finite) - min(finite) + 1e-9)
     for opt, color in zip(result.optima, _colors(len(result.optima))):
-        lr = np.array([p["lr"] for p in opt["points"]])
-        loss = np.array([_loss(p) for p in opt["points"]])
-        ok = np.isfinite(loss)
-        ax.plot(lr[ok], loss[ok], "o-", color=color, ms=4, lw=1.3, label=f"{opt['size']} (N={opt['params']:.3g})")
-        if (~ok).any():
-            ax.plot(lr[~ok], np.full((~ok).sum(), top), "x", color=color, ms=7, mew=2, clip_on=False)
+        points = opt["points"]
+        best = _batch_key(points[opt["best_point"]]) if "best_point" in opt else None
+        for batch in dict.fromkeys(_batch_key(p) for p in points):
+            curve = [p for p in points if _batch_key(p) == batch]
+            lr = np.array([p["lr"] for p in curve])
+            loss = np.array([_loss(p) for p in curve])
+            ok = np.isfinite(loss)
+            if best is None or batch == best:
+                swept = best is not None and len({_batch_key(p) for p in points}) > 1
+                label = f"{opt['size']} (N={opt['params']:.3g}" + (f", best batch {batch[0] or batch[1]:.3g})" if swept else ")")
+                ax.plot(lr[ok], loss[ok], "o-", color=color, ms=4, lw=1.3, label=label)
+            else:
+                ax.plot(lr[ok], loss[ok], "-", color=color, lw=0.8, alpha=0.35)
+            if (~ok).any():
+                ax.plot(lr[~ok], np.full((~ok).sum(), top), "x", color=color, ms=7, mew=2, clip_on=False)
         if opt["select"] == "within":
-            chosen = np.exp(opt["log_lr_selected"])
-            sel = np.isin(np.round(np.log(lr), 9), np.round(np.log(chosen), 9))
-            ax.plot(lr[sel], loss[sel], "o", ms=9, mfc="none", mec=color, mew=1.5)
+            if "selected_points" in opt:
+                chosen = [points[i] for i in opt["selected_points"]]
+            else:  # a fit.json written before the rows named their points
+                rows = {round(v, 9) for v in opt["log_lr_selected"]}
+                chosen = [p for p in points if round(math.log(p["lr"]), 9) in rows]
+            ax.plot([p["lr"] for p in chosen], [p["loss"] for p in chosen], "o", ms=9, mfc="none", mec=color, mew=1.5)
         y_opt = opt["loss_best"]
         xerr = None
         if opt.get("lr_ci95"):
@@ -117,10 +135,13 @@ def lr_law(result: FitResult, stem: str | Path, reference: FitResult | None = No
     tokens = result.targets[0].get("tokens") if result.targets else None
     if result.uses_tokens and tokens is None:
         tokens = float(np.median([o["tokens"] for o in result.optima]))
+    batch = result.targets[0].get("batch_tokens") if result.targets else None
+    if result.uses_batch and batch is None:
+        batch = float(np.exp(np.median([o["log_batch_opt"] for o in result.optima])))
     label = "MM1 law (paper)" if result.source == "mm1" else "fit"
-    line = np.array([result.predict(n, tokens) for n in grid])
+    line = np.array([result.predict(n, tokens, batch) for n in grid])
     ax.plot(grid, line, "-", color="C0", lw=2, label=f"{label}: {result.formula()}")
-    band = [result.confidence_interval(n, tokens) for n in grid]
+    band = [result.confidence_interval(n, tokens, batch) for n in grid]
     if band[0] is not None:
         ax.fill_between(grid, [b[0] for b in band], [b[1] for b in band], color="C0", alpha=0.18,
                         label="95% confidence band")
@@ -132,16 +153,19 @@ def lr_law(result: FitResult, stem: str | Path, reference: FitResult | None = No
                 label=f"MM1 law: {reference.formula()}")
     if result.optima:
         x = np.array([o["params"] for o in result.optima])
-        # Two-feature fits: each optimum is moved to the line's D along the fitted D term (a
-        # partial-residual view), so points and line share one D.
-        move = np.array([math.exp(result.coefficients["ln_tokens"] * (math.log(tokens) - math.log(o["tokens"])))
-                         if result.uses_tokens else 1.0 for o in result.optima])
+        # Laws with a D (B) term: each optimum is moved to the line's D (B) along the fitted
+        # term (a partial-residual view), so points and line share one D and B.
+        move = np.array([math.exp(result.coefficients["ln_tokens"] * (math.log(tokens) - math.log(o["tokens"]))
+                                  if result.uses_tokens else 0.0)
+                         * math.exp(result.coefficients["ln_batch"] * (math.log(batch) - o["log_batch_opt"])
+                                    if result.uses_batch else 0.0) for o in result.optima])
         y = np.array([o["lr_opt"] for o in result.optima]) * move
         yerr = None
         if all(o.get("lr_ci95") for o in result.optima):
             yerr = np.array([[max(o["lr_opt"] - o["lr_ci95"][0], 0), max(o["lr_ci95"][1] - o["lr_opt"], 0)]
                              for o in result.optima]).T * move
-        label = "per-size optimum" + (f" (moved to D = {tokens:.3g} by the D term)" if result.uses_tokens else "")
+        moved = ([f"D = {tokens:.3g}"] if result.uses_tokens else []) + ([f"B = {batch:.3g}"] if result.uses_batch else [])
+        label = "per-size optimum" + (f" (moved to {', '.join(moved)} by the fitted terms)" if moved else "")
         ax.errorbar(x, y, yerr=yerr, fmt="o", color="black", ms=5, capsize=3, label=label, zorder=5)
         named = set()
         for o, y_o in zip(result.optima, y):
@@ -172,7 +196,8 @@ def lr_law(result: FitResult, stem: str | Path, reference: FitResult | None = No
     ax.set_ylim(low / 3, high)  # room for the target labels under their intervals
     ax.set_xlabel(f"N (LM parameters, {result.n_convention.replace('_', '-')})")
     ax.set_ylabel("optimal peak learning rate")
-    where = f" at D = {tokens:.3g} tokens" if result.uses_tokens else ""
+    where = (f" at D = {tokens:.3g} tokens" if result.uses_tokens else "") + (
+        f", B = {batch:.3g} tokens/step" if result.uses_batch else "")
     groups = "groups (N, D)" if result.uses_tokens else "sizes"
     ax.set_title(f"Peak-LR law{where}" + (f" ({result.n_groups} {groups}, {result.select})" if result.select else ""),
                  fontsize=10)

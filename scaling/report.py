@@ -41,14 +41,18 @@ class TargetPrediction:
     recipe: Recipe
     reference_lr: float | None = None
 
-    def record(self, uses_tokens: bool) -> dict[str, Any]:
-        """The target's row in fit.json: name, params, peak_lr, peak_lr_pi95 (tokens for a law
-        with a ln D term; reference_lr with a reference)."""
+    def record(self) -> dict[str, Any]:
+        """The target's row in fit.json: name, params, peak LR and its intervals, the horizon
+        (tokens, steps), the batch and the weight decay with their origins (reference_lr with a
+        reference)."""
         r = self.recipe
         row = {"name": r.size or f"{r.params:.3g}", "params": r.params, "peak_lr": r.peak_lr,
-               "peak_lr_pi95": list(r.peak_lr_pi95) if r.peak_lr_pi95 else None}
-        if uses_tokens:
-            row["tokens"] = r.total_tokens
+               "peak_lr_pi95": list(r.peak_lr_pi95) if r.peak_lr_pi95 else None,
+               "peak_lr_bootstrap95": list(r.peak_lr_bootstrap95) if r.peak_lr_bootstrap95 else None,
+               "tokens": r.total_tokens, "steps": r.steps, "batch_size": r.batch_size,
+               "batch_size_pi95": list(r.batch_size_pi95) if r.batch_size_pi95 else None,
+               "weight_decay": r.weight_decay, "weight_decay_rule": r.weight_decay_rule,
+               "origins": {k: r.origins[k] for k in ("peak_lr", "batch_size", "steps", "weight_decay")}}
         if self.reference_lr is not None:
             row["reference_lr"] = self.reference_lr
         return row
@@ -69,23 +73,25 @@ def parse_targets(text: str | Sequence[str]) -> list[str]:
     return items
 
 
-def predict_targets(law: FitResult, targets: Sequence[str | float],
-                    reference: FitResult | None = None) -> list[TargetPrediction]:
-    """One recipe per target under ``law``, each target's only prediction, with the
-    reference law's peak LR at the recipe's N beside it."""
-    recipes = [recipe_for(target, law) for target in targets]
+def predict_targets(law: FitResult, targets: Sequence[str | float], reference: FitResult | None = None,
+                    tokens: float | None = None, weight_decay_rule: str = "mm1") -> list[TargetPrediction]:
+    """One recipe per target under ``law`` (at ``tokens`` when given, see
+    :func:`scaling.recipe.recipe_for`), each target's only prediction, with the reference law's
+    peak LR at the recipe's N beside it."""
+    recipes = [recipe_for(target, law, tokens=tokens, weight_decay_rule=weight_decay_rule) for target in targets]
     return [TargetPrediction(r, reference.predict(r.params) if reference is not None else None) for r in recipes]
 
 
 def with_predictions(law: FitResult, predictions: Sequence[TargetPrediction]) -> FitResult:
     """``law`` with its ``targets`` rows (fit.json's) made from ``predictions``."""
-    return dataclasses.replace(law, targets=[p.record(law.uses_tokens) for p in predictions])
+    return dataclasses.replace(law, targets=[p.record() for p in predictions])
 
 
-def with_targets(law: FitResult, targets: Sequence[str | float], reference: FitResult | None = None) -> FitResult:
-    """``law`` with its ``targets`` rows filled: name, params, peak_lr, peak_lr_pi95 (and the
-    reference law's LR beside it, when given)."""
-    return with_predictions(law, predict_targets(law, targets, reference))
+def with_targets(law: FitResult, targets: Sequence[str | float], reference: FitResult | None = None,
+                 **recipe: Any) -> FitResult:
+    """``law`` with its ``targets`` rows filled (:meth:`TargetPrediction.record`; ``recipe``:
+    :func:`predict_targets`'s tokens and weight_decay_rule)."""
+    return with_predictions(law, predict_targets(law, targets, reference, **recipe))
 
 
 # --------------------------------------------------------------------------- the command
@@ -133,14 +139,16 @@ def default_out(inputs: Sequence[str | Path]) -> Path:
 
 
 def run_fit(inputs: Sequence[str | Path], out: str | Path | None = None, select: str = "parabola",
-            features: str = "params", weighted: bool = False, bootstrap: int = 200, seed: int = 0,
+            features: str = "params", weighted: bool = False, bootstrap: int = 1000, seed: int = 0,
             targets: str | Sequence[str] = DEFAULT_TARGETS, reference: str | None = None,
-            n_convention: str = "non_embedding") -> FitReport:
+            n_convention: str = "non_embedding", tokens: float | None = None,
+            weight_decay_rule: str = "mm1", **fit_options: Any) -> FitReport:
     """Everything ``scaling fit`` does: read, fit, predict the targets, write into ``out``
     (None: :func:`default_out`).
 
     With no ``inputs`` and ``reference="mm1"`` the law is MM1's. The fit's options are
-    :func:`scaling.fit.fit_runs`'s; bad input of any kind is a ConfigError raised before a
+    :func:`scaling.fit.fit_runs`'s (``fit_options`` passes the rest of them through); ``tokens``
+    and ``weight_decay_rule`` say which recipe each target gets (:func:`scaling.recipe.recipe_for`); bad input of any kind is a ConfigError raised before a
     file is written (see :func:`write_fit`).
     """
     if reference is not None and reference not in REFERENCES:
@@ -155,11 +163,11 @@ def run_fit(inputs: Sequence[str | Path], out: str | Path | None = None, select:
     mm1 = mm1_law(n_convention)
     if inputs:
         runs = read_runs(inputs, n_convention)
-        law = fit_runs(runs, select, features, weighted, bootstrap, seed, n_convention)
+        law = fit_runs(runs, select, features, weighted, bootstrap, seed, n_convention, **fit_options)
         shown = mm1 if reference else None
     else:
         law, shown = mm1, None
-    predictions = predict_targets(law, targets, shown)
+    predictions = predict_targets(law, targets, shown, tokens, weight_decay_rule)
     law = with_predictions(law, predictions)
     files = write_fit(out, law, [p.table_row() for p in predictions], figure_reference=mm1)
     return FitReport(law=law, reference=shown, predictions=predictions, out=out, files=files)

@@ -17,7 +17,8 @@ from mm1model.config import ConfigError
 from mm1model.paper import MM1_LAW_INTERCEPT as MM1_INTERCEPT
 from mm1model.paper import MM1_LAW_SLOPE as MM1_LN_PARAMS
 from mm1model.paper import MM1_SWEEP_PARAMS
-from scaling.fit import fit_line, fit_runs, select_curve
+from scaling.fit import fit_line, fit_runs
+from scaling.optima import select_curve
 from scaling.law import FitResult, mm1_law
 from scaling.report import with_targets
 
@@ -243,12 +244,13 @@ def test_swept_batch_size_picks_the_best_batch_and_fits_a_batch_law():
             for k in range(-3, 4):
                 x = centre + k * LN2
                 loss = 3.0 + 0.05 * (x - true) ** 2 + 0.1 * (math.log(batch / best_batch)) ** 2
-                rows.append({"params": n, "tokens": d, "batch_size": batch, "lr": math.exp(x), "loss": loss})
+                rows.append({"params": n, "tokens": d, "batch_size": batch, "seq_len": 128, "lr": math.exp(x),
+                             "loss": loss})
     result = fit_runs(pd.DataFrame(rows))
     assert [o["batch_size"] for o in result.optima] == [8, 16, 32]
     assert result.coefficients["ln_params"] == pytest.approx(-0.35, abs=1e-9)
-    # batch* = 8, 16, 32 at D = 1e7, 1e8, 1e9: exponent log10(2).
-    assert result.batch_law["coefficients"]["ln_tokens"] == pytest.approx(math.log10(2), abs=1e-12)
+    # batch* = 8, 16, 32 sequences of 128 tokens at D = 1e7, 1e8, 1e9: exponent log10(2).
+    assert result.batch_law.coefficients["ln_tokens"] == pytest.approx(math.log10(2), abs=1e-12)
     assert fit_runs(synth([1e5, 1e6])).batch_law is None
 
 

@@ -80,7 +80,7 @@ def test_fit_a_sweep_directory_writes_everything(tmp_path):
     assert table["reference_lr"].to_numpy() == pytest.approx([5.88e-5, 4.09e-5, 2.21e-5], rel=0.01)
     assert set(table["total_tokens"]) == {200_000 * 512 * 4096}
     md = (out / "lr_table.md").read_text()
-    assert md.startswith("| target | N | peak LR | PI95 low | PI95 high | MM1 LR | min LR |")
+    assert md.startswith("| target | N | peak LR | PI95 low | PI95 high | boot95 low | boot95 high | MM1 LR | min LR |")
     assert "lr* = exp(" in result.output and "MM1 law (paper)" in result.output and str(out) in result.output
     assert FitResult.from_json(out / "fit.json").predict(3e9) == pytest.approx(fit["targets"][0]["peak_lr"], rel=0.02)
 
@@ -174,7 +174,8 @@ def test_bad_inputs_one_line_each_nothing_written(tmp_path):
     frame.drop(columns="loss").to_csv(tmp_path / "noloss.csv", index=False)
     assert _bad(tmp_path, tmp_path / "noloss.csv") == (
         f"error: {tmp_path / 'noloss.csv'} lacks column(s) loss; required: params, lr, loss "
-        "(optional: size, tokens, batch_size, seed, status, steps, wall_s, path, parametrization)")
+        "(optional: size, tokens, batch_size, seq_len, batch_tokens, schedule, seed, status, steps, wall_s, path, "
+        "parametrization)")
     frame.assign(lr=[1e-3, 0.0, 4e-3] * 2).to_csv(tmp_path / "zero.csv", index=False)
     assert _bad(tmp_path, tmp_path / "zero.csv") == f"error: {tmp_path / 'zero.csv'}: lr must be positive, got 0 (row 2)"
     frame.assign(params=[-1e5] * 3 + [1e6] * 3).to_csv(tmp_path / "neg.csv", index=False)

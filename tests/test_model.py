@@ -139,7 +139,6 @@ def test_splicing_changes_nothing_before_the_image():
 def test_spliced_tokens_are_the_connector_outputs_in_order():
     model = build()
     n = TINY.tokens_per_image
-    ids = with_images(text(2, 12), [(0, 2), (1, 5)], n)
     images = [torch.randn(3, 16, 16), torch.randn(3, 16, 16)]
     with torch.no_grad():
         tokens = model.image_features(images)

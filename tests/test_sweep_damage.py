@@ -16,7 +16,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from mm1model import records

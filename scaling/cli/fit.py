@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from mm1model.paper import STEP_LAW_WITHIN
-from scaling.law import N_CONVENTIONS, REFERENCES
+from scaling.law import BATCH_FEATURES, FEATURES, N_CONVENTIONS, REFERENCES
+from scaling.recipe import WEIGHT_DECAY_RULES
 from scaling.report import DEFAULT_TARGETS, run_fit
 
 
@@ -13,10 +14,13 @@ from scaling.report import DEFAULT_TARGETS, run_fit
 @click.option("--select", default="parabola", show_default=True,
               help=f"Optimum per size: parabola | argmin | within:FRAC (e.g. within:{STEP_LAW_WITHIN:g}).")
 @click.option("--features", default="params", show_default=True,
-              help="Regressors of ln lr*: params (ln N) or params,tokens (ln N, ln D).")
+              help=f"Regressors of ln lr*: {' | '.join(FEATURES)} (ln N, ln D, ln B; B in tokens per step).")
 @click.option("--weighted", is_flag=True, help="WLS weighted by the optima's bootstrap variances.")
-@click.option("--bootstrap", default=200, show_default=True, type=int,
-              help="Resamples per size for the optimum's 95% interval (0: none).")
+@click.option("--batch-features", default="tokens", show_default=True, type=click.Choice(BATCH_FEATURES),
+              help="Regressors of ln B* where the batch was swept: ln D (Step Law's form), or ln D and ln N.")
+@click.option("--bootstrap", default=1000, show_default=True, type=int,
+              help="Bootstrap draws: each resamples the runs within every cell, reselects the optima and "
+                   "refits the law (its percentile intervals, each optimum's 95% interval; 0: none).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--targets", default=",".join(DEFAULT_TARGETS), show_default=True,
               help="Sizes to predict: size names or raw N (e.g. 3B,7B,3e10).")
@@ -24,12 +28,17 @@ from scaling.report import DEFAULT_TARGETS, run_fit
               help="Show MM1's law beside the fit; alone (no inputs), tabulate MM1's law.")
 @click.option("--n-convention", default="non_embedding", show_default=True,
               type=click.Choice(N_CONVENTIONS), help="What N counts in the LM.")
+@click.option("--tokens", type=float, help="The targets' token budget D [MM1's 200k x 512 x 4096 = 4.19e11].")
+@click.option("--weight-decay-rule", type=click.Choice(WEIGHT_DECAY_RULES), default="mm1", show_default=True,
+              help="mm1: lambda = 0.1 x peak LR; timescale: 1/lambda the same fraction of the run as in the sweep.")
 @click.option("--out", default=None, type=click.Path(),
               help="Output directory [default: SWEEP_DIR/fit for one sweep directory, else ./fit].")
-def fit_command(inputs, select, features, weighted, bootstrap, seed, targets, reference, n_convention, out):
+def fit_command(inputs, select, features, batch_features, weighted, bootstrap, seed, targets, reference,
+                n_convention, tokens, weight_decay_rule, out):
     """Fit ln(lr*) = a ln N + b (MM1's form) to sweep directories or runs tables (CSV, Parquet,
     JSONL with columns params, lr, loss[, size, tokens, batch_size, seed, status])."""
     report = run_fit(list(inputs), out, select=select, features=features, weighted=weighted,
                      bootstrap=bootstrap, seed=seed, targets=targets, reference=reference,
-                     n_convention=n_convention)
+                     n_convention=n_convention, tokens=tokens, weight_decay_rule=weight_decay_rule,
+                     batch_features=batch_features)
     click.echo(report.summary())

@@ -34,13 +34,16 @@ def _given(**values) -> dict:
 @click.option("--micro-batch-size", type=int, help="Sequences per rank per forward (default: the largest that fits).")
 @click.option("--activation-checkpointing/--no-activation-checkpointing", default=None,
               help="Force activation checkpointing on or off (default: only when needed).")
-@click.option("--steps", type=int, help=f"Optimizer steps [{paper.STEPS}].")
+@click.option("--steps", type=int, help=f"Optimizer steps [{paper.STEPS}; from --tokens and the batch law's batch].")
+@click.option("--tokens", type=float, help="Token budget D of the run (e.g. 4.2e11); the steps follow from the batch.")
+@click.option("--weight-decay-rule", type=click.Choice(["mm1", "timescale"]), default="mm1", show_default=True,
+              help="mm1: lambda = 0.1 x peak LR; timescale: 1/lambda the same fraction of the run as in the sweep.")
 @click.option("--peak-lr", type=float, help="Override the law's peak LR.")
 @click.option("--warmup-steps", type=int, help=f"Linear warmup steps [{paper.WARMUP_STEPS}].")
 @click.option("--decay-steps", type=int, help="Cosine decay length in steps [= --steps].")
 @click.option("--min-lr-ratio", type=float, help=f"Final LR / peak LR [{paper.MIN_LR_RATIO:g}].")
 @click.option("--weight-decay", type=float, help=f"Decoupled weight decay lambda [{paper.WEIGHT_DECAY_RATIO:g} x peak LR].")
-@click.option("--batch-size", type=int, help=f"Global batch in sequences [{paper.BATCH_SIZE}].")
+@click.option("--batch-size", type=int, help=f"Global batch in sequences [the fit's batch law, else {paper.BATCH_SIZE}].")
 @click.option("--seq-len", type=int, help=f"Tokens per sequence [{paper.SEQ_LEN}].")
 @click.option("--max-images", type=int, help=f"Images per sequence at most [{paper.MAX_IMAGES}].")
 @click.option("--grad-clip", type=float, help=f"Gradient clipping max norm [{paper.GRAD_CLIP:g}].")
@@ -54,7 +57,8 @@ def _given(**values) -> dict:
 @click.option("--resubmit", is_flag=True, help="Submit again to a launch directory whose job died.")
 @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
 def launch_command(size, fit_path, reference, n_convention, executor, nodes, gpus_per_node, gpu, gpu_mem, device,
-           cpus_per_task, partition, mem_per_node, time_limit, mfu, micro_batch_size, activation_checkpointing, steps, peak_lr,
+           cpus_per_task, partition, mem_per_node, time_limit, mfu, micro_batch_size, activation_checkpointing, steps, tokens,
+           weight_decay_rule, peak_lr,
            warmup_steps, decay_steps, min_lr_ratio, weight_decay, batch_size, seq_len, max_images, grad_clip,
            z_loss, eval_interval, checkpoint_interval, corpus, out, dry_run, as_json, resubmit, wait) -> None:
     """Train SIZE with the LR the law predicts: print the plan, then submit (SLURM or local)."""
@@ -72,7 +76,8 @@ def launch_command(size, fit_path, reference, n_convention, executor, nodes, gpu
         train["data"] = {"corpus": corpus}
     result = run_launch(size, fit=fit_path, reference=reference, n_convention=n_convention, recipe=recipe,
                         plan=plan, train=train, executor=executor, out=out, dry_run=dry_run, as_json=as_json,
-                        resubmit=resubmit, wait=wait, echo=click.echo)
+                        resubmit=resubmit, wait=wait, echo=click.echo, tokens=tokens,
+                        weight_decay_rule=weight_decay_rule)
     summary = result.summary()
     if summary:
         click.echo(summary)
