@@ -7,7 +7,8 @@ per token, NaN when the run diverged or failed; a diverged run ranks worse than 
 ``steps`` and ``tokens`` are the run's horizon as it was planned (``steps x batch_size x
 seq_len`` tokens, D), also for a run that diverged or failed before it: a row belongs to the
 curve of its (size, batch_size, steps). ``schedule`` is the run's LR schedule (``cosine``,
-``wsd``): a law holds for the schedule it was swept with.
+``wsd``): a law holds for the schedule it was swept with. ``weight_decay`` is the run's decoupled
+lambda (the recipe's timescale rule reads the sweep's lambda / lr from it).
 
 One reader, :func:`run_row`, turns a trainer run directory (``config.json`` + ``result.json``,
 as :mod:`mm1model.train` writes it) into a row. :func:`collect_runs` uses it for the cells of a
@@ -35,11 +36,12 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError
+from mm1model.paper import WEIGHT_DECAY_RATIO
 from scaling.cells import (DAMAGED_DIR, FINAL, CellName, CellState, DamagedRecord, cell_state, parse_cell_name,
                            read_attempts, read_record, read_result)
 
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
-               "wall_s", "path", "parametrization", "seq_len", "schedule")
+               "wall_s", "path", "parametrization", "seq_len", "schedule", "weight_decay")
 SETTLED = ("ok", "diverged", "failed")
 # What a refusal of mixed parametrizations suggests instead.
 SIDE_BY_SIDE = "(`scaling compare` sets them side by side)"
@@ -130,6 +132,15 @@ def single_parametrization(runs: pd.DataFrame) -> str:
 
 
 # ------------------------------------------------------------------------- run directories
+def _weight_decay(config: Mapping[str, Any], lr: float | None) -> float | None:
+    """The run's decoupled lambda: its config's, or the trainer's default (MM1's ratio x peak LR,
+    :func:`mm1model.train_config.resolve`) where the config leaves it unset."""
+    value = (config.get("optimizer") or {}).get("weight_decay")
+    if value is None and isinstance(lr, (int, float)):
+        value = WEIGHT_DECAY_RATIO * lr
+    return float(value) if value is not None else None
+
+
 def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
             planned: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One runs-table row (:data:`RUN_COLUMNS` plus ``params_lm_total``) of a trainer run
@@ -169,6 +180,7 @@ def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
         "parametrization": parametrization_label(config.get("model") or {}),
         "seq_len": int(seq_len) if seq_len else None,
         "schedule": (config.get("optimizer") or {}).get("schedule", result.get("schedule")),
+        "weight_decay": _weight_decay(config, result.get("lr", config.get("lr"))),
         # The trainer records every count in config.json; --n-convention total reads this one.
         "params_lm_total": (config.get("param_counts") or {}).get("params_lm_total"),
     }

@@ -529,8 +529,8 @@ def collinearity_warnings(points: list[tuple[str, float, float]]) -> tuple[str, 
     if len(per_size) < 2 or len(all_d) < 2:
         return ()
     if all(len(ds) == 1 for ds in per_size.values()):
-        return (f"each size trains at one horizon and the horizons differ across sizes: ln D follows ln N, so a "
-                f"law in N and D cannot separate them; give some sizes several horizons (horizons_by_size)",)
+        return ("each size trains at one horizon and the horizons differ across sizes: ln D follows ln N, so a "
+                "law in N and D cannot separate them; give some sizes several horizons (horizons_by_size)",)
     x = [math.log(n) for _, n, _ in points]
     y = [math.log(d) for _, _, d in points]
     mx, my = sum(x) / len(x), sum(y) / len(y)
