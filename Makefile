@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup corpus demo check-demo figures transfer test slurm-up slurm-down clean
+.PHONY: setup corpus demo check-demo figures transfer horizons test slurm-up slurm-down clean
 
 DEMO := runs/demo
 TRANSFER := runs/transfer
+HORIZONS := runs/horizons
 
 # The CPU build of torch 2.13.0 lies on this machine's disk; installing it first keeps pip
 # from resolving `torch>=2.6` to a multi-GB CUDA build.
@@ -50,6 +51,16 @@ transfer: corpus
 	$(BIN)/scaling coord-check --sizes d2,d4,d8 --parametrization completep --out $(TRANSFER)/coord/completep-depth
 	$(BIN)/scaling sweep --config sweeps/transfer.toml --out $(TRANSFER)
 	$(BIN)/scaling compare $(TRANSFER)/*-width $(TRANSFER)/*-depth --out $(TRANSFER)/compare
+
+# The recipe at the target's horizon and batch (about 20 minutes on 2 cores): the width family at
+# three horizons under WSD (one trunk and two branches per LR) and two batch sizes at two sizes;
+# the (N, D) law and the batch law with their bootstrap; the held-out test of the (N, D) law
+# against MM1's N-only practice; the 30B recipe from them.
+horizons: corpus
+	$(BIN)/scaling sweep --config sweeps/cpu-horizons.toml --out $(HORIZONS)
+	$(BIN)/scaling fit $(HORIZONS) --features params,tokens --out $(HORIZONS)/fit
+	$(BIN)/scaling holdout $(HORIZONS) --json $(HORIZONS)/holdout.json
+	$(BIN)/scaling launch --size 30B --fit $(HORIZONS)/fit/fit.json --weight-decay-rule timescale --dry-run
 
 # The SLURM tests need the single-node cluster; the script installs and starts it where it can
 # (root and apt). Without it the SLURM tests skip, except with CI=true where they fail.

@@ -216,7 +216,11 @@ def ols(y: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None):
         warnings.simplefilter("ignore")
         design = with_intercept(x)
         model = sm.WLS(y, design, weights=weights) if weights is not None else sm.OLS(y, design)
-        return model.fit()
+        res = model.fit()
+        # statsmodels computes R^2 lazily; a constant y (every cell's B* the same batch) would warn
+        # of a division by zero on first use, outside this block
+        res.rsquared  # noqa: B018
+        return res
 
 
 def with_intercept(x: np.ndarray) -> np.ndarray:
@@ -421,6 +425,9 @@ def fit_batch_law(optima: list[dict], features: str = "tokens") -> tuple[BatchLa
                       "(it is in tokens per step)")
     if any(not o.get("tokens") for o in swept) or len({o["tokens"] for o in swept}) < 2:
         return None, "the batch was swept but tokens do not vary across the cells: no batch law (B* = c D^k needs two or more D)"
+    if all(o["at_batch_edge"] for o in swept):
+        return None, (f"the best batch is at an edge of the swept batches in all {len(swept)} cells where the batch "
+                      "was swept: B* lies outside the grid, so no batch law (sweep smaller or larger batches)")
     y, x = _batch_rows(optima, features)
     terms = ["intercept", *BATCH_FEATURES[features]]
     if np.linalg.matrix_rank(with_intercept(x)) < len(terms):

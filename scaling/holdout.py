@@ -116,7 +116,8 @@ def holdout(runs: pd.DataFrame, select: str = "parabola") -> HoldoutResult:
             name=name, formula=law.formula(), lr=lr, error_octaves=math.log2(lr / target["lr_opt"]),
             regret_nats=regret_at(curve, target["loss_best"], lr)))
     batch = runs.loc[held, "batch_size"].iloc[0] if "batch_size" in runs else None
-    return HoldoutResult(size=target["size"], params=float(largest), tokens=float(horizons[-1]),
+    size = str(runs.loc[held, "size"].iloc[0]) if "size" in runs else f"N={largest:.3g}"
+    return HoldoutResult(size=size, params=float(largest), tokens=float(horizons[-1]),
                          batch_size=float(batch) if batch is not None and np.isfinite(batch) else None,
                          observed_lr=target["lr_opt"], best_loss=target["loss_best"],
                          predictions=tuple(predictions))

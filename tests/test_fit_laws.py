@@ -334,3 +334,16 @@ def test_three_feature_law_predicts_bounds_and_round_trips_through_json(tmp_path
     # Both figures draw a law with a batch term over (lr, batch) cells, from the file alone.
     drawn = plots.loss_vs_lr(loaded, tmp_path / "loss") + plots.lr_law(loaded, tmp_path / "law")
     assert [p.name for p in drawn] == ["loss.png", "loss.svg", "law.png", "law.svg"]
+
+
+def test_no_batch_law_when_every_cells_best_batch_is_at_an_edge():
+    """Only the batches above B* swept (as at the CPU demo's budget, where B* is a few sequences):
+    every cell's best batch is the smallest swept, so a line through them would describe the grid,
+    not the optimum (a zero slope with a zero-width interval). The fit says so instead."""
+    runs = multi_batch_sweep()
+    low = runs.groupby(["params", "tokens"])["batch_tokens"].transform("min")
+    above = runs[runs["batch_tokens"] > low * 1.5]  # drop each cell's smallest batch: B* is now its lower edge
+    result = fit_runs(above, features="params,tokens")
+    assert all(o["at_batch_edge"] for o in result.optima)
+    assert result.batch_law is None
+    assert any("best batch is at an edge of the swept batches in all 6 cells" in w for w in result.warnings)
