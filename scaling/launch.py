@@ -112,6 +112,7 @@ def describe_recipe(r: Recipe) -> str:
         f"z-loss {r.z_loss:g} [{o['z_loss']}]",
         f"data       batch {r.batch_size} [{o['batch_size']}]{batch_pi} x {r.seq_len} tokens [{o['seq_len']}], "
         f"up to {r.max_images} images [{o['max_images']}] per sequence",
+        *(f"note       {note}" for note in r.notes),
     ]
     return "\n".join(rows)
 

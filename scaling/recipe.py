@@ -75,6 +75,7 @@ class Recipe:
     z_loss: float
     total_tokens: int
     origins: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the recipe chose not to take from the law, and why
 
     def optimizer(self) -> OptimizerConfig:
         """The trainer's optimizer-and-schedule config of this recipe (what a launch trains with)."""
@@ -213,8 +214,14 @@ def recipe_for(size_or_params: str | float | int, law: FitResult | None = None,
     steps = int(pick("steps", paper.STEPS, "paper"))
     budget = float(tokens) if tokens is not None else float(steps * batch_size * seq_len)
     budget_origin = "user" if tokens is not None or "user" in (origins["steps"], origins["batch_size"]) else "paper"
-    batch_pi = None
+    batch_pi, notes = None, []
     batch_law = law.batch_law if law.batch_law is not None and law.batch_law.coefficients else None
+    unresolved = _unresolved_exponent(batch_law) if batch_law is not None else None
+    if unresolved and "batch_size" not in overrides and "steps" not in overrides:
+        notes.append(f"batch: the batch law's D exponent, 95% CI [{unresolved[0]:+.2f}, {unresolved[1]:+.2f}], "
+                     f"includes 0, so it cannot say how B grows to this budget; MM1's batch {batch_size} kept "
+                     "(--batch-size chooses another)")
+        batch_law = None
     if batch_law is not None and "batch_size" not in overrides and "steps" not in overrides:
         batch_size = round_batch(batch_law.predict(budget, params) / seq_len, batch_multiple)
         origins["batch_size"] = law_origin
@@ -274,10 +281,20 @@ def recipe_for(size_or_params: str | float | int, law: FitResult | None = None,
         image_size=int(pick("image_size", paper.IMAGE_SIZE, "paper")),
         grad_clip=float(pick("grad_clip", paper.GRAD_CLIP, "paper")),
         z_loss=float(pick("z_loss", z_default, "paper")),
-        total_tokens=total_tokens, origins=origins,
+        total_tokens=total_tokens, origins=origins, notes=tuple(notes),
     )
     _validate(recipe)
     return recipe
+
+
+def _unresolved_exponent(batch_law: Any) -> tuple[float, float] | None:
+    """The batch law's 95% CI of its ln D exponent when that CI includes 0 (statsmodels', else the
+    bootstrap's), else None: a law whose exponent may be zero is no guide to a budget decades
+    beyond the sweep's, and extrapolating its intercept alone would set the batch of the sweep."""
+    ci = (batch_law.ci95 or {}).get("ln_tokens") or (batch_law.bootstrap_ci95 or {}).get("ln_tokens")
+    if ci and ci[0] is not None and ci[0] <= 0 <= ci[1]:
+        return float(ci[0]), float(ci[1])
+    return None
 
 
 def _warmup(steps: int, steps_origin: str) -> tuple[int, str]:

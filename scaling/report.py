@@ -52,7 +52,8 @@ class TargetPrediction:
                "tokens": r.total_tokens, "steps": r.steps, "batch_size": r.batch_size,
                "batch_size_pi95": list(r.batch_size_pi95) if r.batch_size_pi95 else None,
                "weight_decay": r.weight_decay, "weight_decay_rule": r.weight_decay_rule,
-               "origins": {k: r.origins[k] for k in ("peak_lr", "batch_size", "steps", "weight_decay")}}
+               "origins": {k: r.origins[k] for k in ("peak_lr", "batch_size", "steps", "weight_decay")},
+               "notes": list(r.notes)}
         if self.reference_lr is not None:
             row["reference_lr"] = self.reference_lr
         return row
@@ -117,7 +118,8 @@ class FitReport:
         law = self.law
         lines = [("MM1 law (paper): " if law.source == "mm1" else "fit: ") + law.formula()]
         if law.source == "fit":
-            cells = "cells (N, D)" if law.uses_tokens else "sizes"
+            # groups are (N, D) cells where D enters the law or the batch was swept (scaling.optima)
+            cells = "cells (N, D)" if len({o["params"] for o in law.optima}) < law.n_groups else "sizes"
             lines.append(f"  {law.n_groups} {cells}, select={law.select}, features={','.join(law.features)}, "
                          f"N={law.n_convention}, {'WLS' if law.weighted else 'OLS'}"
                          + (f", R^2={law.r2:.4f}" if law.r2 is not None else ""))
@@ -128,6 +130,7 @@ class FitReport:
             if self.reference is not None:
                 lines.append("MM1 law (paper): " + self.reference.formula())
         lines += [f"  warning: {note}" for note in law.warnings]
+        lines += [f"  recipe: {note}" for note in dict.fromkeys(n for p in self.predictions for n in p.recipe.notes)]
         lines += ["", lr_table.peak_lr_table(self.table),
                   f"full recipe table: {self.out / 'lr_table.md'} (also .csv, .json)",
                   "wrote: " + ", ".join(f.name for f in self.files) + f" in {self.out}"]

@@ -75,3 +75,16 @@ def test_mm1s_law_has_no_timescale_to_hold():
         recipe_for("30B", mm1_law(), weight_decay_rule="timescale")
     with pytest.raises(ConfigError, match="not all three"):
         recipe_for("30B", law(), {"steps": 10, "batch_size": 8}, tokens=1e9)
+
+
+def test_a_batch_law_whose_exponent_may_be_zero_keeps_mm1s_batch():
+    """As in the CPU demonstration: B* moved from 4 to 8 sequences over 4x the tokens, but with
+    4 of 6 optima at the grid's edge the exponent's CI spans 0; read 6 decades out it would give
+    the sweep's own batch. The recipe keeps MM1's batch and says why."""
+    unresolved = law()
+    unresolved.batch_law.ci95 = {"intercept": [-2.7, 8.8], "ln_tokens": [-0.21, 0.77]}
+    r = recipe_for("30B", unresolved, batch_multiple=8)
+    assert (r.batch_size, r.steps, r.origins["batch_size"]) == (512, paper.STEPS, "paper")
+    assert r.notes == ("batch: the batch law's D exponent, 95% CI [-0.21, +0.77], includes 0, so it cannot say "
+                       "how B grows to this budget; MM1's batch 512 kept (--batch-size chooses another)",)
+    assert recipe_for("30B", law(), batch_multiple=8).notes == ()
