@@ -227,6 +227,12 @@ class FitResult:
         return ["intercept", *FEATURES[",".join(self.features)]]
 
     @property
+    def group_kind(self) -> str:
+        """What a group of the fit is: "sizes", or "cells" where groups are (N, D) cells (D in the
+        law, or the batch swept: :mod:`scaling.optima`), so several share one N."""
+        return "cells" if len({o["params"] for o in self.optima}) < self.n_groups else "sizes"
+
+    @property
     def uses_tokens(self) -> bool:
         return "tokens" in self.features
 

@@ -118,14 +118,13 @@ class FitReport:
         law = self.law
         lines = [("MM1 law (paper): " if law.source == "mm1" else "fit: ") + law.formula()]
         if law.source == "fit":
-            # groups are (N, D) cells where D enters the law or the batch was swept (scaling.optima)
-            cells = "cells (N, D)" if len({o["params"] for o in law.optima}) < law.n_groups else "sizes"
-            lines.append(f"  {law.n_groups} {cells}, select={law.select}, features={','.join(law.features)}, "
+            kind = law.group_kind
+            lines.append(f"  {law.n_groups} {'(N, D) cells' if kind == 'cells' else kind}, select={law.select}, features={','.join(law.features)}, "
                          f"N={law.n_convention}, {'WLS' if law.weighted else 'OLS'}"
                          + (f", R^2={law.r2:.4f}" if law.r2 is not None else ""))
             bt = law.backtest
             if bt.get("rows"):
-                lines.append(f"  leave-one-{cells.split()[0][:-1]}-out: mean |error| {bt['mean_abs_error_log_lr']:.3f} in ln lr, "
+                lines.append(f"  leave-one-{kind[:-1]}-out: mean |error| {bt['mean_abs_error_log_lr']:.3f} in ln lr, "
                              f"worst ratio x{bt['max_ratio']:.2f}")
             if self.reference is not None:
                 lines.append("MM1 law (paper): " + self.reference.formula())

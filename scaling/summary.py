@@ -32,7 +32,7 @@ class SweepSummary:
         slope_ci = law.ci95.get("ln_params") or [None, None]
         mm1_name = f"MM1 (paper, {MM1_SWEEP_SIZES[0]}-{MM1_SWEEP_SIZES[-1]}):"
         lines = ["== summary ==",
-                 f"fitted on {law.n_groups} CPU sizes: {law.formula()}",
+                 f"fitted on {law.n_groups} CPU {'(N, D) cells' if law.group_kind == 'cells' else 'sizes'}: {law.formula()}",
                  f"{mm1_name:<31}{ref.formula()}"]
         if slope_ci[0] is not None:
             verdict = "excludes 0" if slope_ci[1] < 0 or slope_ci[0] > 0 else "INCLUDES 0: no clear trend"
@@ -40,7 +40,7 @@ class SweepSummary:
                          f"MM1's {mm1_slope:+.4f} is {'inside' if slope_ci[0] <= mm1_slope <= slope_ci[1] else 'outside'} it")
         backtest = law.backtest or {}
         if backtest.get("rows"):
-            lines.append(f"leave-one-size-out backtest: mean |error| {backtest['mean_abs_error_log_lr']:.3f} in ln lr "
+            lines.append(f"leave-one-{law.group_kind[:-1]}-out backtest: mean |error| {backtest['mean_abs_error_log_lr']:.3f} in ln lr "
                          f"(x{math.exp(backtest['mean_abs_error_log_lr']):.2f}), worst x{backtest['max_ratio']:.2f}")
         if self.table:
             lines.append(lr_table.peak_lr_table(self.table).rstrip("\n"))

@@ -174,11 +174,14 @@ def test_designs_whose_ln_n_and_ln_d_are_collinear_are_flagged():
 def test_the_shipped_horizon_sweeps_plan():
     cpu = plan_sweep(load_sweep_config(ROOT / "sweeps" / "cpu-horizons.toml"))
     assert cpu.axes == ("bs", "steps") and cpu.warnings == ()
-    assert {c.role for c in cpu.cells()} == {"trunk", "branch"} and cpu.n_cells == 72
+    assert {c.role for c in cpu.cells()} == {"trunk", "branch"} and cpu.n_cells == 96
+    # by hand: 65,536 tokens / (4 x 128) = 128 steps, warmup 10% of that = 13, cooldown starts
+    # 128 - round(0.2 x 128) = 102 and 256 - round(51.2) = 205
     assert [(c.batch_size, c.horizons, c.warmup_steps, c.branch_steps) for c in cpu.sizes[0].curves] == [
-        (8, (64, 128, 256), 6, (51, 102, None)), (16, (32, 64, 128), 3, (26, 51, None))]
-    assert [len(sp.curves) for sp in cpu.sizes] == [2, 2, 1, 1]
-    assert "total: 72 cells, 5896 steps, 7.24e+06 tokens, 3.66e+13 FLOPs" in describe_plan(cpu)
+        (4, (128, 256, 512), 13, (102, 205, None)), (8, (64, 128, 256), 6, (51, 102, None)),
+        (16, (32, 64, 128), 3, (26, 51, None))]
+    assert [len(sp.curves) for sp in cpu.sizes] == [3, 3, 1, 1]
+    assert "total: 96 cells, 10608 steps, 9.65e+06 tokens, 4.08e+13 FLOPs" in describe_plan(cpu)
     mm1 = plan_sweep(load_sweep_config(ROOT / "sweeps" / "mm1-horizons.toml"))
     assert mm1.axes == ("bs", "steps") and mm1.warnings == ()
     assert {(c.batch_size, c.horizons) for sp in mm1.sizes for c in sp.curves} == {(512, (2500, 5000, 10000)),
