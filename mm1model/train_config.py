@@ -273,6 +273,12 @@ def lr_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     raise ConfigError(f"unknown cooldown_shape {cooldown_shape!r}; valid: {', '.join(COOLDOWN_SHAPES)}")
 
 
+def decoupled_weight_decay(weight_decay: float | None, peak_lr: float) -> float:
+    """lambda of a run: its ``weight_decay``, or MM1's 0.1 x peak LR where it is None (what
+    :func:`resolve` fills in, and what a runs table reads back from an unresolved config)."""
+    return weight_decay if weight_decay is not None else paper.WEIGHT_DECAY_RATIO * peak_lr
+
+
 def torch_weight_decay(weight_decay: float, peak_lr: float) -> float:
     """The ``weight_decay`` to hand ``torch.optim.AdamW`` for decoupled decay ``lambda``.
 
@@ -348,7 +354,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
                       f"{config.steps / opt.warmup_steps:.1%} of its peak {opt.lr:g} (MM1 warms up over 1% of its run)",
                       UserWarning, stacklevel=2)
     data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image)
-    weight_decay = opt.weight_decay if opt.weight_decay is not None else paper.WEIGHT_DECAY_RATIO * opt.lr
+    weight_decay = decoupled_weight_decay(opt.weight_decay, opt.lr)
     return dataclasses.replace(config, optimizer=dataclasses.replace(opt, weight_decay=weight_decay), data=data)
 
 

@@ -157,9 +157,6 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     get_size(size)
     law = load_law(fit, reference, size, n_convention)
     plan_fields = dict(plan or {})
-    ranks = int(plan_fields.get("nodes") or 1) * int(plan_fields.get("gpus_per_node") or
-                                                     (1 if executor == "local" else PlanConfig.gpus_per_node))
-    rec = recipe_for(size, law, recipe, tokens=tokens, weight_decay_rule=weight_decay_rule, batch_multiple=ranks)
     device = plan_fields.setdefault("device", "cpu" if executor == "local" else "cuda")
     if executor == "local":
         plan_fields.setdefault("gpus_per_node", 1)
@@ -168,6 +165,9 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
         plan_fields["nodes"] = 1
     if device == "cpu":
         plan_fields.setdefault("cpus_per_task", 1)
+    # a batch from the batch law divides over the ranks known now (one node's unless --nodes is given)
+    ranks = int(plan_fields.get("nodes") or 1) * int(plan_fields.get("gpus_per_node") or PlanConfig.gpus_per_node)
+    rec = recipe_for(size, law, recipe, tokens=tokens, weight_decay_rule=weight_decay_rule, batch_multiple=ranks)
     plan_config = from_dict(PlanConfig, {"size": size, "batch_size": rec.batch_size, "seq_len": rec.seq_len,
                                          "max_images": rec.max_images, "steps": rec.steps, "z_loss": rec.z_loss,
                                          **plan_fields}, "plan")

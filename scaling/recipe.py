@@ -156,11 +156,10 @@ def sweep_timescale(law: FitResult) -> float | None:
     and T the cell's steps at its optimal batch (``steps_opt``, else ``steps``); the median over
     cells. None when the law has no such optima (MM1's) or the sweep's ratio is not one value."""
     ratio = law.weight_decay_ratio
-
-    def steps(o: dict[str, Any]) -> float | None:
-        return o.get("steps_opt") or o.get("steps")
-
-    fractions = [1.0 / (ratio * o["lr_opt"] * steps(o)) for o in law.optima if ratio and steps(o) and o.get("lr_opt")]
+    if not ratio:
+        return None
+    steps = [(o.get("lr_opt"), o.get("steps_opt") or o.get("steps")) for o in law.optima]
+    fractions = [1.0 / (ratio * lr * t) for lr, t in steps if lr and t]
     return float(np.median(fractions)) if fractions else None
 
 
@@ -215,21 +214,24 @@ def recipe_for(size_or_params: str | float | int, law: FitResult | None = None,
     budget = float(tokens) if tokens is not None else float(steps * batch_size * seq_len)
     budget_origin = "user" if tokens is not None or "user" in (origins["steps"], origins["batch_size"]) else "paper"
     batch_pi, notes = None, []
+    # the batch law sets the batch only where the user fixed neither the batch nor the steps
     batch_law = law.batch_law if law.batch_law is not None and law.batch_law.coefficients else None
+    if "batch_size" in overrides or "steps" in overrides:
+        batch_law = None
     unresolved = _unresolved_exponent(batch_law) if batch_law is not None else None
-    if unresolved and "batch_size" not in overrides and "steps" not in overrides:
+    if unresolved:
         notes.append(f"batch: the batch law's D exponent, 95% CI [{unresolved[0]:+.2f}, {unresolved[1]:+.2f}], "
                      f"includes 0, so it cannot say how B grows to this budget; MM1's batch {batch_size} kept "
                      "(--batch-size chooses another)")
         batch_law = None
-    if batch_law is not None and "batch_size" not in overrides and "steps" not in overrides:
+    if batch_law is not None:
         batch_size = round_batch(batch_law.predict(budget, params) / seq_len, batch_multiple)
         origins["batch_size"] = law_origin
         interval = batch_law.interval(budget, params)
         batch_pi = (interval[0] / seq_len, interval[1] / seq_len) if interval else None
     if tokens is not None or origins["batch_size"] == law_origin:
         if "steps" in overrides:  # tokens and steps fixed: the batch follows
-            batch_size = max(batch_multiple, round_batch(budget / (steps * seq_len), batch_multiple))
+            batch_size = round_batch(budget / (steps * seq_len), batch_multiple)
             origins["batch_size"] = "user"
         else:
             steps = max(1, math.ceil(budget / (batch_size * seq_len)))

@@ -36,7 +36,7 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError
-from mm1model.paper import WEIGHT_DECAY_RATIO
+from mm1model.train_config import decoupled_weight_decay
 from scaling.cells import (DAMAGED_DIR, FINAL, CellName, CellState, DamagedRecord, cell_state, parse_cell_name,
                            read_attempts, read_record, read_result)
 
@@ -136,9 +136,9 @@ def _weight_decay(config: Mapping[str, Any], lr: float | None) -> float | None:
     """The run's decoupled lambda: its config's, or the trainer's default (MM1's ratio x peak LR,
     :func:`mm1model.train_config.resolve`) where the config leaves it unset."""
     value = (config.get("optimizer") or {}).get("weight_decay")
-    if value is None and isinstance(lr, (int, float)):
-        value = WEIGHT_DECAY_RATIO * lr
-    return float(value) if value is not None else None
+    if value is None and not isinstance(lr, (int, float)):
+        return None
+    return float(decoupled_weight_decay(value, lr))
 
 
 def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
