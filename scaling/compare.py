@@ -55,6 +55,7 @@ disjoint seed sets and says whether their verdicts agree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -135,6 +136,7 @@ class Interval:
         return f"{_f(self.value, spec)} [{_f(self.lo, spec)}, {_f(self.hi, spec)}]"
 
 
+@functools.lru_cache(maxsize=None)
 def small_sample_factor(n_seeds: int) -> float:
     """t(0.975, n_seeds - 1) / z(0.975): how much wider than a normal interval one over
     ``n_seeds`` seeds must be (12.7 / 1.96 = 6.5 at 2 seeds, 1.62 at 4, 1.15 at 10)."""
@@ -477,13 +479,14 @@ def regret_at(curve: list[tuple[float, float]], best_loss: float, lr: float) -> 
     xs = [p[0] for p in finite]
     if len(finite) < 2 or not (min(xs) - 1e-9 <= math.log2(lr) <= max(xs) + 1e-9):
         return math.nan
+    at = min(max(math.log2(lr), min(xs)), max(xs))  # an edge LR a rounding error outside is the edge
     # A diverged LR inside the grid has no loss: regret across it is unknown, not small.
     inside = [(math.log2(a), b) for a, b in curve if min(xs) <= math.log2(a) <= max(xs) and not math.isnan(b)]
-    lo = max((p for p in inside if p[0] <= math.log2(lr)), key=lambda p: p[0])
-    hi = min((p for p in inside if p[0] >= math.log2(lr)), key=lambda p: p[0])
+    lo = max((p for p in inside if p[0] <= at), key=lambda p: p[0])
+    hi = min((p for p in inside if p[0] >= at), key=lambda p: p[0])
     if not (math.isfinite(lo[1]) and math.isfinite(hi[1])):
         return math.inf
-    value = float(np.interp(math.log2(lr), [lo[0], hi[0]], [lo[1], hi[1]])) if hi[0] > lo[0] else lo[1]
+    value = float(np.interp(at, [lo[0], hi[0]], [lo[1], hi[1]])) if hi[0] > lo[0] else lo[1]
     return value - best_loss
 
 
@@ -511,10 +514,14 @@ def seeds_to_settle(difference: Interval, n_seeds: int, limit: int = 1000) -> in
     None without a finite sd, with a zero difference, or beyond ``limit``."""
     if not (math.isfinite(difference.sd) and math.isfinite(difference.value)) or difference.value == 0:
         return None
-    for m in range(2, limit + 1):
-        if (student_t.ppf(0.975, m - 1) + Z_POWER) * difference.sd * math.sqrt(n_seeds / m) <= abs(difference.value):
-            return m
-    return None
+    m = np.arange(2, limit + 1)
+    settled = (_t975(limit) + Z_POWER) * difference.sd * np.sqrt(n_seeds / m) <= abs(difference.value)
+    return int(m[np.argmax(settled)]) if settled.any() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _t975(limit: int) -> np.ndarray:
+    return student_t.ppf(0.975, np.arange(1, limit))
 
 
 # ------------------------------------------------------------------------------------ the comparison
