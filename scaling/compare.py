@@ -49,26 +49,26 @@ The steps are `scaling fit`'s own: runs read by :func:`scaling.runs.collect_runs
 with :func:`scaling.optima.cell_noise`, as :func:`scaling.optima.select_optima` does; slopes and the
 hold-out law by :func:`scaling.fit.fit_line` (the bootstrap's refits are the same least squares,
 vectorized over draws). :func:`compare` returns a :class:`CompareResult`; :func:`run_compare`
-also writes compare.json and the two figures; :func:`compare_seed_sets` runs the comparison on
-disjoint seed sets and says whether their verdicts agree.
+also writes compare.json and the two figures. Intervals and the power estimate are
+:mod:`scaling.intervals`'; the comparison on disjoint seed sets and their agreement,
+:mod:`scaling.seed_sets`.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
 
 from mm1model import records
 from mm1model.config import ConfigError, replace
 from mm1model.parametrization import parametrize
 from mm1model.sizes import family_of, get_size
 from scaling.fit import clean_runs, fit_line
+from scaling.intervals import UNDEFINED_LIMIT, Interval, format_number, seeds_to_settle
 from scaling.optima import Cell, cell_noise, select_cell
 from scaling.plots import pyplot, write_figure
 from scaling.runs import Parametrization, collect_runs, single_parametrization
@@ -81,68 +81,6 @@ METRIC_NAMES = {"overall": "final validation loss", "text": "final validation lo
 DEFAULT_BOOTSTRAP = 1000
 # The figures a verdict is given on, in the order printed: each a difference "road minus SP's road".
 FIGURES = ("loss at the road's LR", "regret", "|octaves|", "best loss", "|slope|")
-Z95 = 1.959964  # two-sided 5%
-Z_POWER = 0.841621  # 80% power
-# A figure undefined (a prediction outside the swept LRs, a size whose every LR diverged) in more
-# than this share of the draws has no interval to judge by.
-UNDEFINED_LIMIT = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class Interval:
-    """A figure from all seeds (``value``) and its 95% percentile interval over the bootstrap's
-    draws (``lo``, ``hi``; NaN without draws), the draws' sd (finite draws) and the share of
-    draws where the figure is undefined (NaN)."""
-
-    value: float
-    lo: float = math.nan
-    hi: float = math.nan
-    sd: float = math.nan
-    undefined: float = 0.0
-
-    @classmethod
-    def of(cls, value: float, draws: np.ndarray, n_seeds: int | None = None) -> Interval:
-        """From the draws' 2.5% and 97.5% order statistics (a draw may be +inf: a regret across a
-        diverged LR). With ``n_seeds`` (seeds per size), each side's distance from ``value`` is
-        widened by t(0.975, n - 1) / z(0.975): with few seeds a percentile interval is too
-        narrow (for a mean of 2 seeds it covers about 70% of the time, of 4 about 85%), and the
-        t quantile is what restores 95% for a normal mean; one seed gives no interval."""
-        draws = np.asarray(draws, dtype=float)
-        defined = np.sort(draws[~np.isnan(draws)])
-        undefined = 1.0 - len(defined) / len(draws) if len(draws) else 0.0
-        if len(defined) < 2 or (n_seeds is not None and n_seeds < 2):
-            return cls(float(value), undefined=undefined)
-        lo = defined[int(math.floor(0.025 * (len(defined) - 1)))]
-        hi = defined[int(math.ceil(0.975 * (len(defined) - 1)))]
-        if n_seeds is not None and math.isfinite(value):
-            widen = small_sample_factor(n_seeds)
-            with np.errstate(invalid="ignore"):
-                lo, hi = value - (value - lo) * widen, value + (hi - value) * widen
-        finite = defined[np.isfinite(defined)]
-        sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
-        return cls(float(value), float(lo), float(hi), sd, undefined)
-
-    @property
-    def excludes_zero(self) -> bool:
-        """The interval lies wholly on one side of 0, and the figure is defined in enough draws."""
-        return self.undefined <= UNDEFINED_LIMIT and (self.lo > 0 or self.hi < 0)
-
-    def text(self, spec: str = "+.3f") -> str:
-        """``+0.350 [+0.101, +0.622]``; ``-`` for an undefined value."""
-        if math.isnan(self.value):
-            return "-"
-        if math.isnan(self.lo):
-            return _f(self.value, spec)
-        return f"{_f(self.value, spec)} [{_f(self.lo, spec)}, {_f(self.hi, spec)}]"
-
-
-@functools.lru_cache(maxsize=None)
-def small_sample_factor(n_seeds: int) -> float:
-    """t(0.975, n_seeds - 1) / z(0.975): how much wider than a normal interval one over
-    ``n_seeds`` seeds must be (12.7 / 1.96 = 6.5 at 2 seeds, 1.62 at 4, 1.15 at 10)."""
-    return float(student_t.ppf(0.975, n_seeds - 1)) / Z95
-
-
 @dataclasses.dataclass
 class SizeOptimum:
     label: str
@@ -257,8 +195,8 @@ class CompareResult:
                   f"{'lr*':>9} {'octaves':>8} {'seeds 95%':>16} {'regret':>8} {'seeds 95%':>16} {'seed sd':>8}"]
         for h in self.holdouts:
             lines.append(f"{h.label:<16} {h.family:<6} {h.size:<6} {h.method:<15} {_e(h.predicted_lr):>9} "
-                         f"{_e(h.lr_star):>9} {_f(h.error_octaves, '+.2f'):>8} {_ci(h.octaves_ci95, '+.2f'):>16} "
-                         f"{_f(h.regret, '.4f'):>8} {_ci(h.regret_ci95, '.3f'):>16} {_f(h.seed_spread, '.4f'):>8}")
+                         f"{_e(h.lr_star):>9} {format_number(h.error_octaves, '+.2f'):>8} {_ci(h.octaves_ci95, '+.2f'):>16} "
+                         f"{format_number(h.regret, '.4f'):>8} {_ci(h.regret_ci95, '.3f'):>16} {format_number(h.seed_spread, '.4f'):>8}")
         lines += ["", "asymptotic penalty at the largest size (best loss minus the best of all)",
                   f"{'parametrization':<16} {'family':<6} {'size':<6} {'best loss':>9} {'seeds 95%':>16} "
                   f"{'penalty':>8}"]
@@ -274,7 +212,7 @@ class CompareResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return _clean({"metric": self.metric, "seeds": self.seeds, "bootstrap": self.bootstrap,
+        return json_safe({"metric": self.metric, "seeds": self.seeds, "bootstrap": self.bootstrap,
                        "optima": [dataclasses.asdict(o) for o in self.optima],
                        "slopes": [dataclasses.asdict(s) for s in self.slopes],
                        "holdouts": [{**dataclasses.asdict(h), "within_spread": h.within_spread}
@@ -284,13 +222,14 @@ class CompareResult:
                                     for v in self.verdicts]})
 
 
-def _clean(value):
+def json_safe(value):
+    """``value`` with every non-finite float as None (JSON has no NaN), through lists and dicts."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     return value
 
 
@@ -298,14 +237,8 @@ def _e(v: float) -> str:
     return "-" if not math.isfinite(v) else f"{v:.2e}"
 
 
-def _f(v: float, spec: str) -> str:
-    if math.isnan(v):
-        return "-"
-    return ("+inf" if v > 0 else "-inf") if math.isinf(v) else format(v, spec)
-
-
 def _ci(ci: tuple[float, float], spec: str) -> str:
-    return "-" if math.isnan(ci[0]) else f"[{_f(ci[0], spec)}, {_f(ci[1], spec)}]"
+    return "-" if math.isnan(ci[0]) else f"[{format_number(ci[0], spec)}, {format_number(ci[1], spec)}]"
 
 
 def _seeds(seeds: Sequence[int]) -> str:
@@ -348,28 +281,6 @@ def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     runs = pd.concat(frames, ignore_index=True)
     runs.loc[runs["family"] == "mm1", "x"] = runs.loc[runs["family"] == "mm1", "params"]
     return runs
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` -> [0, 1, 2]; a ConfigError for anything else."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) < len(seeds):
-        raise ConfigError(f"a seed set is distinct non-negative integers separated by commas, e.g. 0,1; got {text!r}")
-    return sorted(seeds)
-
-
-def parse_seed_sets(text: str) -> list[list[int]]:
-    """``0,1/2,3`` -> [[0, 1], [2, 3]]: disjoint seed sets; a ConfigError for overlapping ones."""
-    sets = [parse_seeds(part) for part in text.split("/")]
-    seen: set[int] = set()
-    for s in sets:
-        if seen & set(s):
-            raise ConfigError(f"seed sets must be disjoint, got {text!r} (seed {sorted(seen & set(s))[0]} twice)")
-        seen |= set(s)
-    return sets
 
 
 @dataclasses.dataclass
@@ -505,23 +416,6 @@ def _road_differences(mine: dict[str, np.ndarray], sp: dict[str, np.ndarray]) ->
                 "|octaves|": np.abs(figure(mine, "base LR reused/octaves")) - np.abs(figure(sp, "fitted law/octaves")),
                 "best loss": mine["best"][:, -1] - sp["best"][:, -1],
                 "|slope|": np.abs(mine["slope"]) - np.abs(sp["slope"])}
-
-
-def seeds_to_settle(difference: Interval, n_seeds: int, limit: int = 1000) -> int | None:
-    """Seeds per size at which a difference of this size would, with 80% power, fall outside
-    zero's side of its interval, if the bootstrap sd shrinks as 1/sqrt(seeds): the fewest m with
-    (t(0.975, m - 1) + z(0.8)) sd sqrt(n / m) <= |value| (the interval of :meth:`Interval.of`).
-    None without a finite sd, with a zero difference, or beyond ``limit``."""
-    if not (math.isfinite(difference.sd) and math.isfinite(difference.value)) or difference.value == 0:
-        return None
-    m = np.arange(2, limit + 1)
-    settled = (_t975(limit) + Z_POWER) * difference.sd * np.sqrt(n_seeds / m) <= abs(difference.value)
-    return int(m[np.argmax(settled)]) if settled.any() else None
-
-
-@functools.lru_cache(maxsize=None)
-def _t975(limit: int) -> np.ndarray:
-    return student_t.ppf(0.975, np.arange(1, limit))
 
 
 # ------------------------------------------------------------------------------------ the comparison
@@ -660,65 +554,6 @@ def _optima_rows(sizes: list[SeedCurves], point: dict[str, np.ndarray], draws: d
     return rows
 
 
-# ------------------------------------------------------------------------------------ seed sets
-@dataclasses.dataclass
-class SeedSetsResult:
-    """The comparison on each of several disjoint seed sets, per metric, and whether their
-    verdicts agree: ``results[metric]`` holds one :class:`CompareResult` per seed set."""
-
-    results: dict[str, list[CompareResult]]
-    files: list[Path] = dataclasses.field(default_factory=list)
-
-    def agreement(self, metric: str) -> list[dict[str, Any]]:
-        """Per (family, road, figure): each set's verdict (the lower road's label, or None), and
-        ``agree`` (all the same, "no verdict" included) and ``contradict`` (two sets name
-        different roads)."""
-        rows = []
-        by_set = [{(v.family, v.label, v.figure): v for v in r.verdicts} for r in self.results[metric]]
-        for key in by_set[0]:
-            winners = [s[key].winner if key in s else None for s in by_set]
-            named = {w for w in winners if w is not None}
-            rows.append({"family": key[0], "label": key[1], "figure": key[2], "verdicts": winners,
-                         "agree": len(set(winners)) == 1, "contradict": len(named) > 1})
-        return rows
-
-    def summary(self) -> str:
-        lines = []
-        for metric, results in self.results.items():
-            for result in results:
-                lines += [f"=== metric {metric}, seeds {_seeds(result.seeds)}", result.table(), ""]
-            rows = self.agreement(metric)
-            sets = " vs ".join(_seeds(r.seeds) for r in results)
-            lines += [f"=== agreement of the verdicts, metric {metric}, seeds {sets}",
-                      f"{'family':<6} {'road':<16} {'figure':<21} {'verdicts':<28} agree"]
-            for row in rows:
-                shown = " | ".join(w or "none" for w in row["verdicts"])
-                agree = "yes" if row["agree"] else ("CONTRADICT" if row["contradict"] else "no")
-                lines.append(f"{row['family']:<6} {row['label']:<16} {row['figure']:<21} {shown:<28} {agree}")
-            n_agree = sum(r["agree"] for r in rows)
-            n_contra = sum(r["contradict"] for r in rows)
-            lines += [f"{n_agree} of {len(rows)} verdicts agree; {n_contra} contradict", ""]
-        if self.files:
-            lines.append(f"wrote {', '.join(map(str, self.files))}")
-        return "\n".join(lines).rstrip()
-
-    def to_json(self) -> dict[str, Any]:
-        return _clean({metric: {"seed_sets": [r.seeds for r in results], "agreement": self.agreement(metric)}
-                       for metric, results in self.results.items()})
-
-
-def compare_seed_sets(sweep_dirs: list[str | Path], seed_sets: Sequence[Sequence[int]], metrics: Sequence[str] = ("overall",),
-                      select: str = "parabola", bootstrap: int = DEFAULT_BOOTSTRAP,
-                      bootstrap_seed: int = 0) -> SeedSetsResult:
-    """:func:`compare` on each seed set (disjoint) and metric, from one reading of the sweeps."""
-    for metric in metrics:
-        if metric not in METRICS:
-            raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
-    runs = load_runs(sweep_dirs)
-    return SeedSetsResult({metric: [compare_runs(runs, select, metric, seeds, bootstrap, bootstrap_seed)
-                                    for seeds in seed_sets] for metric in metrics})
-
-
 # ------------------------------------------------------------------------------------ figures
 def plot_lr_star(result: CompareResult, path: str | Path) -> None:
     """lr* against size (log-log), one panel per family, one line per parametrization, with the
@@ -793,20 +628,3 @@ def run_compare(sweep_dirs: list[str | Path], out: str | Path | None = None, sel
     compare.json, lr_star.png and regret.png written there; the result's ``files`` lists them."""
     result = compare(sweep_dirs, select, metric, seeds, bootstrap, bootstrap_seed)
     return result if out is None else write_result(result, out)
-
-
-def run_compare_seed_sets(sweep_dirs: list[str | Path], seed_sets: Sequence[Sequence[int]], out: str | Path | None = None,
-                          metrics: Sequence[str] = ("overall",), select: str = "parabola",
-                          bootstrap: int = DEFAULT_BOOTSTRAP, bootstrap_seed: int = 0) -> SeedSetsResult:
-    """``scaling compare --seed-sets``: :func:`compare_seed_sets`, then (with ``out``) each
-    result in ``out/<metric>/seeds=<a,b>/`` (:func:`write_result`) and agreement.json."""
-    found = compare_seed_sets(sweep_dirs, seed_sets, metrics, select, bootstrap, bootstrap_seed)
-    if out is None:
-        return found
-    out = Path(out)
-    written = {metric: [write_result(r, out / metric / f"seeds={_seeds(r.seeds)}") for r in results]
-               for metric, results in found.results.items()}
-    done = SeedSetsResult(written)
-    records.write_json(out / "agreement.json", done.to_json())
-    done.files = [out / "agreement.json", *(f for rs in written.values() for r in rs for f in r.files)]
-    return done

@@ -29,8 +29,8 @@ from mm1model.train import build_model
 from mm1model.train_config import TrainConfig, resolve
 from scaling.cells import cell_name
 from scaling.cli import main
-from scaling.compare import (Interval, compare, compare_runs, load_runs, seeds_to_settle, single_parametrization,
-                             small_sample_factor)
+from scaling.compare import compare, compare_runs, load_runs, single_parametrization
+from scaling.intervals import Interval, seeds_to_settle, small_sample_factor
 from scaling.runs import Parametrization
 from scaling.sweep_plan import load_sweep_config, plan_sweep
 

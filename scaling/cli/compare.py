@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from mm1model.config import ConfigError
-from scaling.compare import (DEFAULT_BOOTSTRAP, METRICS, SELECTS, parse_seed_sets, parse_seeds, run_compare,
-                             run_compare_seed_sets)
+from scaling.compare import DEFAULT_BOOTSTRAP, METRICS, SELECTS, run_compare
+from scaling.seed_sets import parse_seed_sets, parse_seeds, run_compare_seed_sets
 
 
 @click.command("compare")
