@@ -23,19 +23,42 @@ Per (label, family):
 * **asymptotic penalty** at the largest size of a family: each label's best loss minus the best
   of all labels.
 
+**Intervals over seeds** (``bootstrap`` draws, default 1000): each draw resamples the seeds of
+every size with replacement, the same seed indices for every parametrization of a family (the
+arms are paired: seed s is the same initialisation seed on the same data order in every arm,
+see sweeps/transfer.toml), then reselects every lr* and refits every line, so each figure
+(lr*, best loss, slope, octaves, regret) gets a 95% percentile interval. As the fit's
+:func:`scaling.optima.resample_means`, a seed's deviation from its point's mean is scaled by
+sqrt(n / (n - 1)) so that a draw's mean varies as the seeds do.
+
+**Verdicts** per family, for each parametrization beside sp: the paired difference "its road
+minus SP's road" (lower is better) of the loss at the road's LR (best loss + regret: muP's base
+LR reused against SP's fitted law), the regret, the |octaves| of the prediction, the best loss at
+the held-out size and |slope|. A verdict is given only where the difference's interval excludes
+zero; otherwise "no verdict at this budget", with the seeds per size that a power estimate (a
+two-sided 5% test at 80% power, the bootstrap sd shrinking as 1/sqrt(seeds)) says would settle it.
+
+**Metrics**: ``overall`` (the final validation loss) or ``text`` (the final validation loss on
+the text-only source, ``val_loss_by_source["text"]`` of each result.json): the image path's
+bimodality (a muP seed learns to read the image tokens within 100 steps or does not) moves the
+overall loss and leaves the text loss.
+
 The steps are `scaling fit`'s own: runs read by :func:`scaling.runs.collect_runs`, labelled by
 :class:`scaling.runs.Parametrization` (``label`` is its ``kind``), checked by
-:func:`scaling.runs.single_parametrization`; loss curves, seed means and lr* by
-:func:`scaling.optima.select_optima`; slopes and the hold-out law by :func:`scaling.fit.fit_line`.
-:func:`compare` returns a :class:`CompareResult`; :func:`run_compare` (the command) also writes
-compare.json and the two figures.
+:func:`scaling.runs.single_parametrization`; each lr* selected by :func:`scaling.optima.select_cell`
+with :func:`scaling.optima.cell_noise`, as :func:`scaling.optima.select_optima` does; slopes and the
+hold-out law by :func:`scaling.fit.fit_line` (the bootstrap's refits are the same least squares,
+vectorized over draws). :func:`compare` returns a :class:`CompareResult`; :func:`run_compare`
+also writes compare.json and the two figures. Intervals and the power estimate are
+:mod:`scaling.intervals`'; the comparison on disjoint seed sets and their agreement,
+:mod:`scaling.seed_sets`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,14 +68,19 @@ from mm1model.config import ConfigError, replace
 from mm1model.parametrization import parametrize
 from mm1model.sizes import family_of, get_size
 from scaling.fit import clean_runs, fit_line
-from scaling.optima import select_optima
+from scaling.intervals import UNDEFINED_LIMIT, Interval, format_number, seeds_to_settle
+from scaling.optima import Cell, cell_noise, select_cell
 from scaling.plots import pyplot, write_figure
 from scaling.runs import Parametrization, collect_runs, single_parametrization
 
 METHODS = ("fitted law", "base LR reused")
 SELECTS = ("parabola", "argmin")
-
-
+# The loss each metric reads: the runs table's column (load_runs adds loss_text), and what it is.
+METRICS = {"overall": "loss", "text": "loss_text"}
+METRIC_NAMES = {"overall": "final validation loss", "text": "final validation loss on the text-only source"}
+DEFAULT_BOOTSTRAP = 1000
+# The figures a verdict is given on, in the order printed: each a difference "road minus SP's road".
+FIGURES = ("loss at the road's LR", "regret", "|octaves|", "best loss", "|slope|")
 @dataclasses.dataclass
 class SizeOptimum:
     label: str
@@ -64,6 +92,9 @@ class SizeOptimum:
     seed_spread: float
     curve: list[tuple[float, float]]  # (lr, mean loss; inf when no ok seed)
     note: str | None = None  # why the selection fell back to the best grid point
+    n_seeds: int = 1
+    lr_star_ci95: tuple[float, float] = (math.nan, math.nan)
+    best_loss_ci95: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclasses.dataclass
@@ -71,8 +102,9 @@ class Slope:
     label: str
     family: str
     slope: float
-    ci95: tuple[float, float]
+    ci95: tuple[float, float]  # statsmodels' OLS interval over the sizes' lr*
     n_sizes: int
+    bootstrap95: tuple[float, float] = (math.nan, math.nan)  # over seeds
 
 
 @dataclasses.dataclass
@@ -86,6 +118,8 @@ class Holdout:
     error_octaves: float
     regret: float
     seed_spread: float
+    octaves_ci95: tuple[float, float] = (math.nan, math.nan)
+    regret_ci95: tuple[float, float] = (math.nan, math.nan)
 
     @property
     def within_spread(self) -> bool | None:
@@ -93,6 +127,38 @@ class Holdout:
         if math.isnan(self.regret) or math.isnan(self.seed_spread):
             return None
         return self.regret <= self.seed_spread
+
+
+@dataclasses.dataclass
+class Verdict:
+    """One figure's paired difference between two roads of a family: ``label``'s (its base LR
+    reused) minus sp's (its fitted law); lower is better for every figure. ``n_seeds``: seeds per
+    size the interval rests on; ``seeds_needed``: seeds per size that would settle an unsettled
+    difference of this size and spread (None when it cannot be estimated)."""
+
+    family: str
+    label: str
+    figure: str
+    difference: Interval
+    n_seeds: int
+    seeds_needed: int | None
+
+    @property
+    def winner(self) -> str | None:
+        """The label whose road is lower, where the interval excludes zero; else None."""
+        if not self.difference.excludes_zero:
+            return None
+        return self.label if self.difference.value < 0 else "sp"
+
+    @property
+    def text(self) -> str:
+        if self.winner is not None:
+            return f"{self.winner} lower"
+        if self.difference.undefined > UNDEFINED_LIMIT:
+            return f"no verdict: undefined in {self.difference.undefined:.0%} of draws"
+        if self.seeds_needed is None:
+            return "no verdict at this budget (over 1000 seeds per size: the difference is small against its spread)"
+        return f"no verdict at this budget (~{self.seeds_needed} seeds per size would settle it)"
 
 
 @dataclasses.dataclass
@@ -104,6 +170,10 @@ class CompareResult:
     slopes: list[Slope]
     holdouts: list[Holdout]
     penalties: list[dict[str, Any]]
+    verdicts: list[Verdict] = dataclasses.field(default_factory=list)
+    metric: str = "overall"
+    seeds: list[int] = dataclasses.field(default_factory=list)  # the seeds used
+    bootstrap: int = 0
     files: list[Path] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
@@ -112,97 +182,205 @@ class CompareResult:
         return "\n".join([self.table(), *written])
 
     def table(self) -> str:
-        lines = ["slope of ln lr* vs ln x (x = d_model for width, n_layers for depth, N for mm1)",
-                 f"{'parametrization':<16} {'family':<6} {'sizes':>5} {'slope':>7} {'95% CI':>17}"]
+        boot = f"; [95% interval over seeds, {self.bootstrap} draws]" if self.bootstrap else ""
+        lines = [f"metric {self.metric} ({METRIC_NAMES[self.metric]}), seeds {_seeds(self.seeds)}{boot}", "",
+                 "slope of ln lr* vs ln x (x = d_model for width, n_layers for depth, N for mm1)",
+                 f"{'parametrization':<16} {'family':<6} {'sizes':>5} {'slope':>7} {'OLS 95% CI':>17} "
+                 f"{'seeds 95%':>17}"]
         for s in self.slopes:
-            ci = "-" if math.isnan(s.ci95[0]) else f"[{s.ci95[0]:+.2f}, {s.ci95[1]:+.2f}]"
-            lines.append(f"{s.label:<16} {s.family:<6} {s.n_sizes:>5} {s.slope:>+7.3f} {ci:>17}")
+            lines.append(f"{s.label:<16} {s.family:<6} {s.n_sizes:>5} {s.slope:>+7.3f} {_ci(s.ci95, '+.2f'):>17} "
+                         f"{_ci(s.bootstrap95, '+.2f'):>17}")
         lines += ["", "hold-out of the largest size (regret in nats, read off its own loss curve)",
                   f"{'parametrization':<16} {'family':<6} {'size':<6} {'method':<15} {'pred lr':>9} "
-                  f"{'lr*':>9} {'octaves':>8} {'regret':>8} {'seed sd':>8}"]
+                  f"{'lr*':>9} {'octaves':>8} {'seeds 95%':>16} {'regret':>8} {'seeds 95%':>16} {'seed sd':>8}"]
         for h in self.holdouts:
             lines.append(f"{h.label:<16} {h.family:<6} {h.size:<6} {h.method:<15} {_e(h.predicted_lr):>9} "
-                         f"{_e(h.lr_star):>9} {_f(h.error_octaves, '+.2f'):>8} {_f(h.regret, '.4f'):>8} "
-                         f"{_f(h.seed_spread, '.4f'):>8}")
+                         f"{_e(h.lr_star):>9} {format_number(h.error_octaves, '+.2f'):>8} {_ci(h.octaves_ci95, '+.2f'):>16} "
+                         f"{format_number(h.regret, '.4f'):>8} {_ci(h.regret_ci95, '.3f'):>16} {format_number(h.seed_spread, '.4f'):>8}")
         lines += ["", "asymptotic penalty at the largest size (best loss minus the best of all)",
-                  f"{'parametrization':<16} {'family':<6} {'size':<6} {'best loss':>9} {'penalty':>8}"]
+                  f"{'parametrization':<16} {'family':<6} {'size':<6} {'best loss':>9} {'seeds 95%':>16} "
+                  f"{'penalty':>8}"]
         for p in self.penalties:
             lines.append(f"{p['label']:<16} {p['family']:<6} {p['size']:<6} {p['best_loss']:>9.4f} "
-                         f"{p['penalty']:>8.4f}")
+                         f"{_ci(p['best_loss_ci95'], '.3f'):>16} {p['penalty']:>8.4f}")
+        if self.verdicts:
+            lines += ["", "verdicts: the parametrization's road (base LR reused) minus SP's (fitted law), "
+                          "paired over seeds; lower is better",
+                      f"{'family':<6} {'road':<16} {'figure':<21} {'difference [95%]':>27}  verdict"]
+            for v in self.verdicts:
+                lines.append(f"{v.family:<6} {v.label:<16} {v.figure:<21} {v.difference.text('+.3f'):>27}  {v.text}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        def clean(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            return value
+        return json_safe({"metric": self.metric, "seeds": self.seeds, "bootstrap": self.bootstrap,
+                       "optima": [dataclasses.asdict(o) for o in self.optima],
+                       "slopes": [dataclasses.asdict(s) for s in self.slopes],
+                       "holdouts": [{**dataclasses.asdict(h), "within_spread": h.within_spread}
+                                    for h in self.holdouts],
+                       "penalties": self.penalties,
+                       "verdicts": [{**dataclasses.asdict(v), "winner": v.winner, "text": v.text}
+                                    for v in self.verdicts]})
 
-        return clean({"optima": [dataclasses.asdict(o) for o in self.optima],
-                      "slopes": [dataclasses.asdict(s) for s in self.slopes],
-                      "holdouts": [{**dataclasses.asdict(h), "within_spread": h.within_spread} for h in self.holdouts],
-                      "penalties": self.penalties})
+
+def json_safe(value):
+    """``value`` with every non-finite float as None (JSON has no NaN), through lists and dicts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
 
 
 def _e(v: float) -> str:
     return "-" if not math.isfinite(v) else f"{v:.2e}"
 
 
-def _f(v: float, spec: str) -> str:
-    return "-" if not math.isfinite(v) else format(v, spec)
+def _ci(ci: tuple[float, float], spec: str) -> str:
+    return "-" if math.isnan(ci[0]) else f"[{format_number(ci[0], spec)}, {format_number(ci[1], spec)}]"
 
 
+def _seeds(seeds: Sequence[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+# ------------------------------------------------------------------------------------ runs
 def load_runs(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     """The runs tables of the sweeps (``scaling.runs.collect_runs``), concatenated, with the
     columns ``base_size, alpha, label`` (the :attr:`~scaling.runs.Parametrization.kind`),
-    ``family, x`` and ``fixed`` (what the family holds constant: n_layers for width, d_model for
-    depth) added from each cell."""
+    ``family, x``, ``fixed`` (what the family holds constant: n_layers for width, d_model for
+    depth) and ``loss_text`` (the final validation loss on the text-only source, NaN where the
+    result records none) added from each cell."""
     if not sweep_dirs:
         raise ConfigError("give at least one sweep directory")
     frames = []
+    configs = {}  # (size, parametrization): its model config, built once
     for sweep_dir in sweep_dirs:
         frame = collect_runs(sweep_dir)
         extra = []
         for path, size in zip(frame["path"], frame["size"]):
             model = records.read_json(Path(path) / "cell.json")["train"].get("model") or {}
             par = Parametrization.of(model)
-            # Building the config validates the cell (a base larger than the size, an unknown
-            # parametrization) with the model's own one-line errors.
-            cfg = parametrize(replace(get_size(size), parametrization=par.name, base_size=par.base_size, alpha=par.alpha))
+            key = (size, par.name, par.base_size, par.alpha)
+            if key not in configs:
+                # Building the config validates the cell (a base larger than the size, an unknown
+                # parametrization) with the model's own one-line errors.
+                configs[key] = parametrize(replace(get_size(size), parametrization=par.name, base_size=par.base_size,
+                                                   alpha=par.alpha))
+            cfg = configs[key]
             family = family_of(size)
             x = {"width": cfg.lm.d_model, "depth": cfg.lm.n_layers}.get(family)
             # what a family holds fixed: a width family's depth, a depth family's width
             fixed = {"width": cfg.lm.n_layers, "depth": cfg.lm.d_model}.get(family)
+            result = Path(path) / "result.json"
+            by_source = (records.read_json(result).get("val_loss_by_source") or {}) if result.exists() else {}
             extra.append({"base_size": par.base_size, "alpha": par.alpha, "label": par.kind, "family": family,
-                          "x": x, "fixed": fixed})
+                          "x": x, "fixed": fixed, "loss_text": by_source.get("text", math.nan)})
         frames.append(pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1))
     runs = pd.concat(frames, ignore_index=True)
     runs.loc[runs["family"] == "mm1", "x"] = runs.loc[runs["family"] == "mm1", "params"]
     return runs
 
 
-def _optima(label: str, family: str, runs: pd.DataFrame, select: str) -> dict[str, SizeOptimum]:
-    """Per size of one (label, family) group, its optimum as `scaling fit` selects it (seed means
-    per LR, a diverged seed making its LR diverged); sizes whose every run diverged are absent."""
-    cleaned = clean_runs(runs)
-    optima, _, _ = select_optima(cleaned, select)
-    out = {}
-    for opt in optima:
-        size_runs = cleaned[cleaned["size"] == opt["size"]]
-        at_best = size_runs[np.isclose(size_runs["lr"], opt["lr_best"], rtol=1e-9, atol=0.0)
-                            & np.isfinite(size_runs["loss"])]["loss"]
-        out[opt["size"]] = SizeOptimum(
-            label=label, family=family, size=opt["size"], x=float(size_runs["x"].iloc[0]), lr_star=opt["lr_opt"],
-            best_loss=opt["loss_best"], seed_spread=float(at_best.std(ddof=1)) if len(at_best) > 1 else math.nan,
-            curve=[(p["lr"], p["loss"]) for p in opt["points"]], note=opt["fallback"])
+@dataclasses.dataclass
+class SeedCurves:
+    """One (label, family, size): its final losses as a seeds x LRs matrix (NaN: no run, +inf:
+    diverged) and the :class:`~scaling.optima.Cell` the fit's selection reads."""
+
+    label: str
+    family: str
+    size: str
+    x: float
+    seeds: np.ndarray  # (S,) the family's seeds at this size, shared by its labels
+    lrs: np.ndarray  # (P,) sorted
+    loss: np.ndarray  # (S, P)
+    cell: Cell
+
+    @classmethod
+    def of(cls, label: str, family: str, size: str, runs: pd.DataFrame, seeds: np.ndarray) -> SeedCurves:
+        lrs = np.sort(runs["lr"].unique())
+        loss = np.full((len(seeds), len(lrs)), math.nan)
+        for seed, lr, value in zip(runs["seed"], runs["lr"], runs["loss"]):
+            loss[np.searchsorted(seeds, seed), np.searchsorted(lrs, lr)] = value
+        s, p = np.nonzero(~np.isnan(loss))
+        cell = Cell(label=size, params=float(runs["params"].iloc[0]), tokens=None, log_lr=np.log(lrs),
+                    log_batch=None, batch_size=np.full(len(lrs), math.nan), batch_tokens=np.full(len(lrs), math.nan),
+                    steps=np.full(len(lrs), math.nan), run_point=p, run_loss=loss[s, p])
+        cell.noise = cell_noise(cell)
+        return cls(label, family, size, float(runs["x"].iloc[0]), seeds, lrs, loss, cell)
+
+    def resampled_means(self, idx: np.ndarray) -> np.ndarray:
+        """(draws, P) seed means over the seed indices ``idx`` (draws, S): NaN where a draw saw
+        no run at an LR, +inf where a drawn seed diverged there. Each seed's deviation from its
+        point's mean is scaled by sqrt(n / (n - 1)) (n finite seeds at the point; a point with a
+        diverged seed is resampled as is), as :func:`scaling.optima.resample_means`."""
+        loss = self.loss
+        finite = np.isfinite(loss)
+        n = finite.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(finite, loss, 0.0).sum(axis=0) / n
+            scale = np.where((n >= 2) & ~np.isinf(loss).any(axis=0), np.sqrt(n / np.maximum(n - 1, 1)), 1.0)
+            adjusted = np.where(finite, mean + (loss - mean) * scale, loss)
+        sample = adjusted[idx]  # (draws, S, P)
+        seen = ~np.isnan(sample)
+        counts = seen.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(seen & np.isfinite(sample), sample, 0.0).sum(axis=1) / counts
+        means[np.isinf(sample).any(axis=1)] = math.inf
+        means[counts == 0] = math.nan
+        return means
+
+
+def _select(curves: SeedCurves, means: np.ndarray, method: str) -> tuple[float, float, str | None]:
+    """(lr*, best loss, fallback note) of one curve of seed means, by the fit's selection; NaN
+    when no LR is finite."""
+    choice = select_cell(curves.cell, means, method)
+    if choice is None:
+        return math.nan, math.nan, "every LR diverged"
+    return float(np.exp(np.mean(choice.log_lr))), float(means[choice.best]), choice.note
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(intercept, slope) of the least-squares line of each row of ``y`` (draws, K) on ``x``
+    (K,): :func:`scaling.fit.fit_line`'s estimate, vectorized over draws; NaN rows stay NaN."""
+    xc = x - x.mean()
+    slope = ((y - y.mean(axis=1, keepdims=True)) * xc).sum(axis=1) / (xc * xc).sum()
+    return y.mean(axis=1) - slope * x.mean(), slope
+
+
+def _group_figures(sizes: list[SeedCurves], means: list[np.ndarray], base: str | None,
+                   method: str) -> dict[str, np.ndarray]:
+    """Every figure of one (label, family) for each row of the seed means (one (draws, P) array
+    per size, sizes sorted by x): lr* and best loss per size, the slope, and per hold-out
+    method the predicted LR, octaves and regret at the largest size."""
+    draws = len(means[0])
+    lr = np.full((draws, len(sizes)), math.nan)
+    best = np.full((draws, len(sizes)), math.nan)
+    for k, (curves, m) in enumerate(zip(sizes, means)):
+        for b in range(draws):
+            lr[b, k], best[b, k], _ = _select(curves, m[b], method)
+    log_x, log_lr = np.log([c.x for c in sizes]), np.log(lr)
+    out = {"lr_star": lr, "best": best,
+           "slope": _line(log_x, log_lr)[1] if len(sizes) >= 2 else np.full(draws, math.nan)}
+    target = sizes[-1]
+    others = list(range(len(sizes) - 1))
+    predictions = {}
+    if len(others) >= 2:
+        a, b = _line(log_x[others], log_lr[:, others])
+        predictions["fitted law"] = np.exp(a + b * log_x[-1])
+    if others:
+        k = next((i for i in others if sizes[i].size == base), 0)
+        predictions["base LR reused"] = lr[:, k]
+    for name, pred in predictions.items():
+        regret = np.full(draws, math.nan)
+        for b in range(draws):
+            if math.isfinite(pred[b]) and math.isfinite(best[b, -1]):
+                regret[b] = regret_at(list(zip(target.lrs, means[-1][b])), best[b, -1], pred[b])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}/octaves"] = np.log2(pred / lr[:, -1])
+        out[f"{name}/pred"], out[f"{name}/regret"] = pred, regret
     return out
-
-
-def _regret(opt: SizeOptimum, lr: float) -> float:
-    return regret_at(opt.curve, opt.best_loss, lr)
 
 
 def regret_at(curve: list[tuple[float, float]], best_loss: float, lr: float) -> float:
@@ -212,66 +390,174 @@ def regret_at(curve: list[tuple[float, float]], best_loss: float, lr: float) -> 
     xs = [p[0] for p in finite]
     if len(finite) < 2 or not (min(xs) - 1e-9 <= math.log2(lr) <= max(xs) + 1e-9):
         return math.nan
+    at = min(max(math.log2(lr), min(xs)), max(xs))  # an edge LR a rounding error outside is the edge
     # A diverged LR inside the grid has no loss: regret across it is unknown, not small.
-    inside = [(math.log2(a), b) for a, b in curve if min(xs) <= math.log2(a) <= max(xs)]
-    lo = max((p for p in inside if p[0] <= math.log2(lr)), key=lambda p: p[0])
-    hi = min((p for p in inside if p[0] >= math.log2(lr)), key=lambda p: p[0])
+    inside = [(math.log2(a), b) for a, b in curve if min(xs) <= math.log2(a) <= max(xs) and not math.isnan(b)]
+    lo = max((p for p in inside if p[0] <= at), key=lambda p: p[0])
+    hi = min((p for p in inside if p[0] >= at), key=lambda p: p[0])
     if not (math.isfinite(lo[1]) and math.isfinite(hi[1])):
         return math.inf
-    value = float(np.interp(math.log2(lr), [lo[0], hi[0]], [lo[1], hi[1]])) if hi[0] > lo[0] else lo[1]
+    value = float(np.interp(at, [lo[0], hi[0]], [lo[1], hi[1]])) if hi[0] > lo[0] else lo[1]
     return value - best_loss
 
 
-def compare(sweep_dirs: list[str | Path], select: str = "parabola") -> CompareResult:
+def _road_differences(mine: dict[str, np.ndarray], sp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each verdict figure's difference, road of ``mine`` (its base LR reused) minus SP's (its
+    fitted law), per row: lower is better."""
+    def road(figs: dict[str, np.ndarray], method: str) -> np.ndarray:
+        return figs["best"][:, -1] + figs.get(f"{method}/regret", np.full(len(figs["best"]), math.nan))
+
+    def figure(figs: dict[str, np.ndarray], key: str) -> np.ndarray:
+        return figs.get(key, np.full(len(figs["best"]), math.nan))
+
+    with np.errstate(invalid="ignore"):
+        return {"loss at the road's LR": road(mine, "base LR reused") - road(sp, "fitted law"),
+                "regret": figure(mine, "base LR reused/regret") - figure(sp, "fitted law/regret"),
+                "|octaves|": np.abs(figure(mine, "base LR reused/octaves")) - np.abs(figure(sp, "fitted law/octaves")),
+                "best loss": mine["best"][:, -1] - sp["best"][:, -1],
+                "|slope|": np.abs(mine["slope"]) - np.abs(sp["slope"])}
+
+
+# ------------------------------------------------------------------------------------ the comparison
+def compare(sweep_dirs: list[str | Path], select: str = "parabola", metric: str = "overall",
+            seeds: Sequence[int] | None = None, bootstrap: int = 0, bootstrap_seed: int = 0) -> CompareResult:
     """Compare the parametrizations in ``sweep_dirs`` (see the module docstring). ``select``:
-    how lr* is read off each loss curve, ``parabola`` or ``argmin`` (the best grid point)."""
+    how lr* is read off each loss curve, ``parabola`` or ``argmin`` (the best grid point);
+    ``metric``: ``overall`` or ``text`` (:data:`METRICS`); ``seeds``: the seeds to use (None:
+    all); ``bootstrap``: draws over seeds for the intervals and verdicts (0: none), seeded by
+    ``bootstrap_seed``."""
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    return compare_runs(load_runs(sweep_dirs), select, metric, seeds, bootstrap, bootstrap_seed)
+
+
+def compare_runs(runs: pd.DataFrame, select: str = "parabola", metric: str = "overall",
+                 seeds: Sequence[int] | None = None, bootstrap: int = 0, bootstrap_seed: int = 0) -> CompareResult:
+    """:func:`compare` on a runs table with :func:`load_runs`' columns (a notebook's or a test's)."""
     if select not in SELECTS:
         raise ConfigError(f"unknown select {select!r}; valid: {', '.join(SELECTS)}")
-    runs = load_runs(sweep_dirs)
-    optima, slopes, holdouts, penalties = [], [], [], []
-    largest_best: dict[str, list[tuple[str, str, float]]] = {}
-    for (label, family), group in runs.groupby(["label", "family"], sort=True):
-        single_parametrization(group)
-        fixed = sorted({int(v) for v in group["fixed"].dropna()})
-        if len(fixed) > 1:
-            held = {"width": "depths", "depth": "widths"}[family]
-            raise ConfigError(f"the {label} runs of the {family} family mix {held} {', '.join(map(str, fixed))} "
-                              "(e.g. the CPU and GPU families): compare one family at a time")
-        order = group.groupby("size")["x"].first().sort_values()
-        by_size = _optima(label, family, group, select)
-        held_out = order.index[-1]
-        if held_out not in by_size:
-            n = int((group["size"] == held_out).sum())
-            raise ConfigError(f"held-out size {held_out} ({label}, {family} family) has no loss curve: "
-                              f"{n} settled run(s), none ok")
-        found = [by_size[size] for size in order.index if size in by_size]
-        optima += found
-        if len(found) >= 2:
-            line = fit_line(np.log([o.x for o in found]), np.log([o.lr_star for o in found]))
-            slopes.append(Slope(label, family, line.slope, line.slope_ci95, len(found)))
-        target, others = found[-1], found[:-1]
-        base_name = next((b for b in group["base_size"] if isinstance(b, str)), None)
-        base = next((o for o in others if o.size == base_name), others[0] if others else None)
-        predictions = {}
-        if len(others) >= 2:
-            law = fit_line(np.log([o.x for o in others]), np.log([o.lr_star for o in others]))
-            predictions["fitted law"] = float(math.exp(law.at(math.log(target.x))))
-        if base is not None:
-            predictions["base LR reused"] = base.lr_star
-        for method, lr in predictions.items():
-            holdouts.append(Holdout(label, family, target.size, method, lr, target.lr_star,
-                                    math.log2(lr / target.lr_star), _regret(target, lr), target.seed_spread))
-        largest_best.setdefault(family, []).append((label, target.size, target.best_loss))
-    for family, rows in largest_best.items():
-        best = min(r[2] for r in rows)
-        penalties += [{"label": label, "family": family, "size": size, "best_loss": loss, "penalty": loss - best}
-                      for label, size, loss in rows]
-    return CompareResult(optima, slopes, holdouts, penalties)
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if bootstrap < 0:
+        raise ConfigError(f"bootstrap must be >= 0 draws, got {bootstrap}")
+    runs = runs.copy()
+    if seeds is not None:
+        missing = sorted(set(seeds) - set(runs["seed"].astype(int)))
+        if missing:
+            raise ConfigError(f"seed(s) {_seeds(missing)} have no run in these sweeps (seeds run: "
+                              f"{_seeds(sorted(set(runs['seed'].astype(int))))})")
+        runs = runs[runs["seed"].astype(int).isin(list(seeds))]
+    if metric != "overall":
+        ok = runs["status"].fillna("ok") == "ok"
+        if not runs.loc[ok, METRICS[metric]].notna().any():
+            raise ConfigError(f"metric {metric}: no run records a text-only validation loss "
+                              "(val_loss_by_source.text in result.json)")
+        runs["loss"] = runs[METRICS[metric]].where(ok, runs["loss"])
+        runs = runs[~(ok & runs["loss"].isna())]  # an ok run whose eval saw no text has no loss here
+    rng = np.random.default_rng(bootstrap_seed)
+    optima, slopes, holdouts, penalties, verdicts = [], [], [], [], []
+    for family, fam_runs in runs.groupby("family", sort=True):
+        labels = {}
+        for label, group in fam_runs.groupby("label", sort=True):
+            single_parametrization(group)
+            fixed = sorted({int(v) for v in group["fixed"].dropna()})
+            if len(fixed) > 1:
+                held = {"width": "depths", "depth": "widths"}[family]
+                raise ConfigError(f"the {label} runs of the {family} family mix {held} {', '.join(map(str, fixed))} "
+                                  "(e.g. the CPU and GPU families): compare one family at a time")
+            labels[label] = clean_runs(group)
+        # The seeds of a size are the family's, so a draw resamples the same seeds in every arm.
+        fam_clean = pd.concat(labels.values())
+        seeds_of = {size: np.sort(g["seed"].astype(int).unique()) for size, g in fam_clean.groupby("size")}
+        idx = {size: rng.integers(0, len(s), (bootstrap, len(s))) for size, s in seeds_of.items()}
+        n_seeds = min(len(s) for s in seeds_of.values())  # what every interval of the family rests on
+        figures, point = {}, {}
+        for label, group in labels.items():
+            order = group.groupby("size")["x"].first().sort_values()
+            held_out = order.index[-1]
+            curves = [SeedCurves.of(label, family, size, group[group["size"] == size], seeds_of[size])
+                      for size in order.index]
+            alive = [c for c in curves if np.isfinite(c.cell.means()).any()]
+            if not alive or alive[-1].size != held_out:
+                n = int((group["size"] == held_out).sum())
+                raise ConfigError(f"held-out size {held_out} ({label}, {family} family) has no loss curve: "
+                                  f"{n} settled run(s), none ok")
+            base = next((b for b in group["base_size"] if isinstance(b, str)), None)
+            point[label] = _group_figures(alive, [c.cell.means()[None] for c in alive], base, select)
+            if bootstrap:
+                figures[label] = _group_figures(alive, [c.resampled_means(idx[c.size]) for c in alive], base, select)
+            optima += _optima_rows(alive, point[label], figures.get(label), select, n_seeds)
+            p, d = point[label], figures.get(label, {})
+            if len(alive) >= 2:
+                line = fit_line(np.log([c.x for c in alive]), np.log(p["lr_star"][0]))
+                slopes.append(Slope(label, family, line.slope, line.slope_ci95, len(alive),
+                                    _bounds(p["slope"][0], d.get("slope"), n_seeds)))
+            target = optima[-1]
+            for method in METHODS:
+                if f"{method}/pred" not in p:
+                    continue
+                octaves, regret = float(p[f"{method}/octaves"][0]), float(p[f"{method}/regret"][0])
+                regret_lo, regret_hi = _bounds(regret, d.get(f"{method}/regret"), n_seeds)
+                holdouts.append(Holdout(label, family, target.size, method, float(p[f"{method}/pred"][0]),
+                                        target.lr_star, octaves, regret, target.seed_spread,
+                                        _bounds(octaves, d.get(f"{method}/octaves"), n_seeds),
+                                        (max(regret_lo, 0.0) if math.isfinite(regret_lo) else regret_lo, regret_hi)))
+            penalties.append({"label": label, "family": family, "size": target.size, "best_loss": target.best_loss,
+                              "best_loss_ci95": target.best_loss_ci95})
+        best = min(p["best_loss"] for p in penalties if p["family"] == family)
+        for p in penalties:
+            if p["family"] == family:
+                p["penalty"] = p["best_loss"] - best
+        if "sp" in point:
+            for label in (lbl for lbl in point if lbl != "sp"):
+                values = _road_differences(point[label], point["sp"])
+                draws = _road_differences(figures[label], figures["sp"]) if bootstrap else {}
+                for name in FIGURES:
+                    diff = (Interval.of(values[name][0], draws[name], n_seeds) if bootstrap
+                            else Interval(float(values[name][0])))
+                    verdicts.append(Verdict(family, label, name, diff, n_seeds, seeds_to_settle(diff, n_seeds)))
+    used = sorted(set(runs["seed"].astype(int))) if "seed" in runs else []
+    return CompareResult(optima, slopes, holdouts, penalties, verdicts, metric, used, bootstrap)
+
+
+def _bounds(value: float, draws: np.ndarray | None, n_seeds: int, log: bool = False) -> tuple[float, float]:
+    """(lo, hi) of :meth:`Interval.of`; ``log``: of a positive figure (lr*), widened in ln."""
+    if draws is None:
+        return math.nan, math.nan
+    if log:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lo, hi = _bounds(math.log(value) if value > 0 else math.nan, np.log(draws), n_seeds)
+        return math.exp(lo), math.exp(hi)
+    interval = Interval.of(value, draws, n_seeds)
+    return interval.lo, interval.hi
+
+
+def _optima_rows(sizes: list[SeedCurves], point: dict[str, np.ndarray], draws: dict[str, np.ndarray] | None,
+                 method: str, n_seeds: int) -> list[SizeOptimum]:
+    rows = []
+    for k, curves in enumerate(sizes):
+        means = curves.cell.means()
+        _, _, note = _select(curves, means, method)
+        best_lr = int(np.argmin(np.where(np.isfinite(means), means, np.inf)))
+        at_best = curves.loss[:, best_lr]
+        at_best = at_best[np.isfinite(at_best)]
+        rows.append(SizeOptimum(
+            label=curves.label, family=curves.family, size=curves.size, x=curves.x, lr_star=float(point["lr_star"][0, k]),
+            best_loss=float(point["best"][0, k]),
+            seed_spread=float(np.std(at_best, ddof=1)) if len(at_best) > 1 else math.nan,
+            curve=[(float(a), float(b)) for a, b in zip(curves.lrs, means)], note=note,
+            n_seeds=int((~np.isnan(curves.loss)).any(axis=1).sum()),
+            lr_star_ci95=_bounds(float(point["lr_star"][0, k]), None if draws is None else draws["lr_star"][:, k],
+                                 n_seeds, log=True),
+            best_loss_ci95=_bounds(float(point["best"][0, k]), None if draws is None else draws["best"][:, k],
+                                   n_seeds)))
+    return rows
 
 
 # ------------------------------------------------------------------------------------ figures
 def plot_lr_star(result: CompareResult, path: str | Path) -> None:
-    """lr* against size (log-log), one panel per family, one line per parametrization."""
+    """lr* against size (log-log), one panel per family, one line per parametrization, with the
+    interval over seeds as error bars where there is one."""
     plt = pyplot()
     families = sorted({o.family for o in result.optima})
     fig, axes = plt.subplots(1, len(families), figsize=(4.8 * len(families), 3.8), squeeze=False)
@@ -279,12 +565,17 @@ def plot_lr_star(result: CompareResult, path: str | Path) -> None:
         for label in sorted({o.label for o in result.optima if o.family == family}):
             pts = [o for o in result.optima if o.family == family and o.label == label]
             slope = next((s.slope for s in result.slopes if s.family == family and s.label == label), math.nan)
-            ax.plot([o.x for o in pts], [o.lr_star for o in pts], marker="o", label=f"{label} (slope {slope:+.2f})")
+            ys = np.array([o.lr_star for o in pts])
+            lo = np.array([o.lr_star_ci95[0] for o in pts])
+            hi = np.array([o.lr_star_ci95[1] for o in pts])
+            err = None if np.isnan(lo).all() else np.abs(np.vstack([ys - np.nan_to_num(lo, nan=ys),
+                                                                    np.nan_to_num(hi, nan=ys) - ys]))
+            ax.errorbar([o.x for o in pts], ys, yerr=err, marker="o", capsize=3, label=f"{label} (slope {slope:+.2f})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel({"width": "d_model", "depth": "n_layers"}.get(family, "N"))
         ax.set_ylabel("optimal peak LR")
-        ax.set_title(f"{family} family")
+        ax.set_title(f"{family} family ({result.metric} loss, seeds {_seeds(result.seeds)})", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     write_figure(fig, path, dpi=120)
@@ -292,33 +583,48 @@ def plot_lr_star(result: CompareResult, path: str | Path) -> None:
 
 
 def plot_regret(result: CompareResult, path: str | Path) -> None:
-    """Regret at the held-out size per (parametrization, method), with the seed spread."""
+    """Regret at the held-out size per (parametrization, method), with its interval over seeds
+    and the seed spread."""
     plt = pyplot()
     rows = [h for h in result.holdouts if math.isfinite(h.regret)]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.8))
     names = [f"{h.label}\n{h.family}\n{h.method}" for h in rows]
-    ax.bar(range(len(rows)), [h.regret for h in rows], color=["C0" if h.method == METHODS[0] else "C1" for h in rows])
+    values = np.array([h.regret for h in rows])
+    lo = np.array([h.regret_ci95[0] for h in rows])
+    hi = np.array([h.regret_ci95[1] for h in rows])
+    err = None
+    if rows and np.isfinite(lo).any():
+        err = np.abs(np.vstack([values - np.where(np.isfinite(lo), lo, values),
+                                np.where(np.isfinite(hi), hi, values) - values]))
+    ax.bar(range(len(rows)), values, yerr=err, capsize=3,
+           color=["C0" if h.method == METHODS[0] else "C1" for h in rows])
     spreads = [h.seed_spread for h in rows]
     if rows and any(math.isfinite(s) for s in spreads):
         ax.scatter(range(len(rows)), spreads, marker="_", s=400, color="k", label="seed spread")
         ax.legend(fontsize=7)
     ax.set_xticks(range(len(rows)), names, fontsize=6)
     ax.set_ylabel("regret (nats)")
-    ax.set_title("held-out largest size: fitted law vs base LR reused")
+    ax.set_title(f"held-out largest size: fitted law vs base LR reused ({result.metric} loss)", fontsize=9)
     fig.tight_layout()
     write_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------ the command
-def run_compare(sweep_dirs: list[str | Path], out: str | Path | None = None, select: str = "parabola") -> CompareResult:
-    """Everything ``scaling compare`` does: :func:`compare`, then (with ``out``) compare.json,
-    lr_star.png and regret.png written there; the result's ``files`` lists them."""
-    result = compare(sweep_dirs, select=select)
-    if out is None:
-        return result
+def write_result(result: CompareResult, out: str | Path) -> CompareResult:
+    """compare.json, lr_star.png and regret.png of ``result`` in ``out``; the result with its
+    ``files``."""
     out = Path(out)
     records.write_json(out / "compare.json", result.to_json())
     plot_lr_star(result, out / "lr_star.png")
     plot_regret(result, out / "regret.png")
     return dataclasses.replace(result, files=[out / "compare.json", out / "lr_star.png", out / "regret.png"])
+
+
+def run_compare(sweep_dirs: list[str | Path], out: str | Path | None = None, select: str = "parabola",
+                metric: str = "overall", seeds: Sequence[int] | None = None, bootstrap: int = DEFAULT_BOOTSTRAP,
+                bootstrap_seed: int = 0) -> CompareResult:
+    """Everything ``scaling compare`` does on one seed set: :func:`compare`, then (with ``out``)
+    compare.json, lr_star.png and regret.png written there; the result's ``files`` lists them."""
+    result = compare(sweep_dirs, select, metric, seeds, bootstrap, bootstrap_seed)
+    return result if out is None else write_result(result, out)

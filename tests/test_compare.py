@@ -8,21 +8,34 @@ lr* = 2^-8 at every depth.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mm1model import records
-from mm1model.config import ConfigError
+from mm1model.config import ConfigError, from_dict
 from mm1model.counting import param_counts
+from mm1model.data.stream import PackedStream
+from mm1model.parametrization import param_rules
 from mm1model.sizes import get_size
+from mm1model.train import build_model
+from mm1model.train_config import TrainConfig, resolve
 from scaling.cells import cell_name
 from scaling.cli import main
-from scaling.compare import compare, load_runs, single_parametrization
+from scaling.compare import compare, compare_runs, load_runs, single_parametrization
+from scaling.intervals import Interval, seeds_to_settle, small_sample_factor
 from scaling.runs import Parametrization
+from scaling.sweep_plan import load_sweep_config, plan_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+COVERED = 93  # of 100: the interval over 4 seeds, widened, covers the truth 93% of the time
 
 WIDTHS = {"w32": 32, "w64": 64, "w128": 128, "w256": 256}
 DEPTHS = {"d2": 2, "d4": 4, "d8": 8}
@@ -30,23 +43,27 @@ GRID = [2.0 ** k for k in range(-12, -3)]
 
 
 def make_sweep(root, sizes: dict[str, int], log2_lr_star, best_loss, model: dict, noise: float = 0.002,
-               dead: tuple[str, ...] = ()):
-    """A settled sweep directory; sizes in ``dead`` have only diverged runs."""
+               dead: tuple[str, ...] = (), seeds: int = 2, text_shift: float | None = None):
+    """A settled sweep directory; sizes in ``dead`` have only diverged runs. With ``text_shift``
+    each result records a text-only loss whose lr* is ``text_shift`` octaves off the overall's."""
     rng = np.random.default_rng(len(str(root)))
     meta = {"sizes": {}}
     for size, x in sizes.items():
         params = param_counts(get_size(size)).params
         meta["sizes"][size] = {"params": params, "tokens": 1000, "batch_size": 8}
         for lr in GRID:
-            for seed in (0, 1):
+            for seed in range(seeds):
                 cell = root / size / cell_name(lr, seed)
                 train = {"size": size, "lr": lr, "seed": seed, "batch_size": 8, "model": model}
                 records.write_json(cell / "cell.json", {"size": size, "lr": lr, "seed": seed, "train": train})
                 loss = best_loss(x) + 0.02 * (math.log2(lr) - log2_lr_star(x)) ** 2 + noise * rng.normal()
                 status = "diverged" if size in dead else "ok"
+                by_source = {} if text_shift is None else {
+                    "text": best_loss(x) + 1.0 + 0.02 * (math.log2(lr) - log2_lr_star(x) - text_shift) ** 2
+                    + noise * rng.normal()}
                 records.write_json(cell / "result.json", {
                     "status": status, "final_val_loss": loss if status == "ok" else None, "params": params,
-                    "tokens": 1000, "steps": 10, "wall_s": 1.0})
+                    "tokens": 1000, "steps": 10, "wall_s": 1.0, "val_loss_by_source": by_source})
     records.write_json(root / "sweep.json", meta)
     return root
 
@@ -131,14 +148,16 @@ def test_regret_is_read_off_the_curve_between_grid_points(tmp_path):
 
 def test_cli_prints_table_and_writes_figures(sweeps, tmp_path):
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(main, ["compare", *map(str, sweeps), "--out", str(out), "--select", "argmin"])
+    result = CliRunner().invoke(main, ["compare", *map(str, sweeps), "--out", str(out), "--select", "argmin",
+                                       "--bootstrap", "200"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("slope of ln lr* vs ln x")
+    assert lines[0] == "metric overall (final validation loss), seeds 0,1; [95% interval over seeds, 200 draws]"
+    assert lines[2].startswith("slope of ln lr* vs ln x")
     assert any(l.split()[:4] == ["sp", "width", "4", "-1.000"] for l in lines)
-    assert any(l.split()[:5] == ["sp", "width", "w256", "base", "LR"] and l.split()[-3] == "+3.00" for l in lines)
+    assert any(l.split()[:5] == ["sp", "width", "w256", "base", "LR"] and l.split()[8] == "+3.00" for l in lines)
     record = json.loads((out / "compare.json").read_text())
-    assert {"optima", "slopes", "holdouts", "penalties"} <= set(record)
+    assert {"optima", "slopes", "holdouts", "penalties", "verdicts"} <= set(record)
     assert all((out / n).stat().st_size > 10_000 for n in ("lr_star.png", "regret.png"))
 
 
@@ -195,3 +214,139 @@ def test_one_parametrization_name_per_run():
     mup = Parametrization.of({"parametrization": "mup", "base_size": "w32"})
     assert (mup.label, mup.kind) == ("mup(base=w32)", "mup")
     assert Parametrization.of({}).label == Parametrization.of({}).kind == "sp"
+
+
+# ------------------------------------------------------------------------------------ paired seeds
+def test_paired_seeds_share_data_order_and_initialisation(corpus):
+    # The shipped transfer file: seed s of the SP and the muP arm at one size differ only in the
+    # model's parametrization (and the LR grid): same init seed, same data, same order.
+    transfer = ROOT / "sweeps" / "transfer.toml"
+    plans = {arm: plan_sweep(load_sweep_config(transfer, arm=arm, out="/tmp/x")) for arm in ("sp-width", "mup-width")}
+    cells = {arm: {(c.size, c.seed): c for c in plan.cells()} for arm, plan in plans.items()}
+    assert {k[1] for k in cells["sp-width"]} == {k[1] for k in cells["mup-width"]} == {0, 1, 2, 3}
+
+    def config(arm, seed):
+        train = plans[arm].cell_train(cells[arm]["w64", seed])
+        train = {**train, "data": {**train["data"], "corpus": corpus}}
+        return resolve(from_dict(TrainConfig, train))
+
+    sp, mup, sp_other = config("sp-width", 1), config("mup-width", 1), config("sp-width", 2)
+    assert sp.seed == mup.seed == 1 and sp.data == mup.data
+    assert dataclasses.replace(mup, model=sp.model, optimizer=sp.optimizer) == sp
+    # the data order: the first batches of every lane are the same tokens in both arms (and for
+    # another seed too: the order is data.seed's, which no cell sets)
+    for lane in range(2):
+        streams = [PackedStream(c.data, rank=lane, world_size=sp.batch_size, split="train") for c in (sp, mup, sp_other)]
+        for _ in range(2):
+            a, b, c = (s.next_batch(2)["input_ids"] for s in streams)
+            assert torch.equal(a, b) and torch.equal(a, c)
+    # the initialisation: every parameter muP does not re-draw is SP's, bit for bit; seed 2's is not
+    built = {name: build_model(c, torch.device("cpu"))[0] for name, c in (("sp", sp), ("mup", mup), ("sp2", sp_other))}
+    models = {name: dict(model.named_parameters()) for name, model in built.items()}
+    kept = [n for n, rule in param_rules(built["mup"]).items() if rule.init_std is None]
+    assert len(kept) > 10 and "lm.tok_embeddings.weight" in kept
+    for name in kept:
+        assert torch.equal(models["sp"][name], models["mup"][name]), name
+    assert not torch.equal(models["sp"]["lm.tok_embeddings.weight"], models["sp2"]["lm.tok_embeddings.weight"])
+
+
+# ------------------------------------------------------------------------------------ intervals and verdicts
+def synthetic_runs(rng, delta: float, n_seeds: int, noise: float = 0.02) -> pd.DataFrame:
+    """A paired SP / muP width family (w32, w64, w128; held out w128) as load_runs gives it:
+    loss = L + 0.05 (log2 lr - log2 lr*)^2 + a seed effect both arms share (sd 0.05) + an
+    arm's own seed effect (sd ``noise``) + point noise (sd 0.002), on 5 LRs a factor 2 apart
+    around lr*. SP: lr* = 2^-6 (d / 32)^-1; muP: 2^-5 at every width; muP's L at w128 is SP's
+    + ``delta``, so every road's regret is 0 and the true difference of the roads is ``delta``."""
+    rows = []
+    shared = rng.normal(0, 0.05, (n_seeds, 3))
+    for label, star, model in (("sp", lambda d: -6 - math.log2(d / 32), {}),
+                               ("mup", lambda d: -5.0, {"base_size": "w32"})):
+        own = rng.normal(0, noise, (n_seeds, 3))
+        for k, (size, d) in enumerate((("w32", 32), ("w64", 64), ("w128", 128))):
+            for step in range(-2, 3):
+                log2_lr = star(d) + step
+                for seed in range(n_seeds):
+                    loss = (3.0 - 0.1 * k + (delta if label == "mup" and k == 2 else 0.0) + 0.05 * step ** 2
+                            + shared[seed, k] + own[seed, k] + rng.normal(0, 0.002))
+                    rows.append({"size": size, "params": 1000 * d, "lr": 2.0 ** log2_lr, "seed": seed, "loss": loss,
+                                 "status": "ok", "label": label, "family": "width", "x": d, "fixed": 2,
+                                 "base_size": model.get("base_size"), "alpha": None})
+    return pd.DataFrame(rows)
+
+
+def test_bootstrap_interval_covers_a_known_difference():
+    # 100 synthetic paired families of 4 seeds, 50 draws each: the interval of the roads'
+    # difference (and of the best losses') covers the true 0.03 nats in >= 90% of them. Without
+    # the small-sample widening (t(0.975, 3) / z = 1.62) the same draws cover 88 of 100 at 80 draws.
+    rng = np.random.default_rng(21)
+    covered = {"loss at the road's LR": 0, "best loss": 0}
+    for _ in range(100):
+        result = compare_runs(synthetic_runs(rng, 0.03, 4), select="argmin", bootstrap=50,
+                              bootstrap_seed=int(rng.integers(1 << 31)))
+        verdicts = {v.figure: v.difference for v in result.verdicts}
+        for figure in covered:
+            covered[figure] += verdicts[figure].lo <= 0.03 <= verdicts[figure].hi
+    assert covered == {"loss at the road's LR": COVERED, "best loss": COVERED}  # pinned by the seeds above
+    assert small_sample_factor(4) == pytest.approx(3.1824 / 1.95996, rel=1e-4)
+
+
+def test_no_verdict_when_the_interval_spans_zero():
+    rng = np.random.default_rng(3)
+    tied = compare_runs(synthetic_runs(rng, 0.0, 4), select="argmin", bootstrap=300)
+    v = {x.figure: x for x in tied.verdicts}["loss at the road's LR"]
+    assert v.difference.lo < 0 < v.difference.hi and v.winner is None and v.n_seeds == 4
+    assert v.seeds_needed is None or v.seeds_needed > 4
+    line = next(l for l in tied.table().splitlines() if "loss at the road's LR" in l)
+    assert "no verdict at this budget" in line and "seeds per size" in line
+    # a clear difference is a verdict: muP's road 0.3 nats worse
+    apart = compare_runs(synthetic_runs(rng, 0.3, 4), select="argmin", bootstrap=300)
+    v = {x.figure: x for x in apart.verdicts}["loss at the road's LR"]
+    assert v.winner == "sp" and v.difference.lo > 0 and v.text == "sp lower"
+    assert {x.figure: x.winner for x in apart.verdicts}["|slope|"] == "mup"  # muP's optimum does not move
+    # one seed per size: no interval, so no verdict
+    single = compare_runs(synthetic_runs(rng, 0.3, 1), select="argmin", bootstrap=50)
+    assert all(x.winner is None and math.isnan(x.difference.lo) for x in single.verdicts)
+
+
+def test_the_power_estimate():
+    # difference 0.1 with a bootstrap sd of 0.1 at 2 seeds: (t(0.975, m - 1) + 0.84) x 0.1 x sqrt(2 / m)
+    # <= 0.1 first at m = 18 (2.952 x 0.0333 = 0.098; at 17, 2.961 x 0.0343 = 0.102)
+    assert seeds_to_settle(Interval(0.1, sd=0.1), 2) == 18
+    assert seeds_to_settle(Interval(0.0, sd=0.1), 2) is None and seeds_to_settle(Interval(0.1), 2) is None
+    assert seeds_to_settle(Interval(1e-4, sd=1.0), 2) is None  # beyond 1000 seeds
+
+
+def test_seed_sets_text_metric_and_agreement(tmp_path):
+    # four seeds; the text-only loss has its optimum an octave lower than the overall loss
+    sp = make_sweep(tmp_path / "sp", WIDTHS, lambda d: -6 - math.log2(d / 32), lambda d: 3.0, {}, seeds=4,
+                    text_shift=-1.0)
+    mup = make_sweep(tmp_path / "mup", WIDTHS, lambda d: -7.0, lambda d: 3.0 + (0.3 if d == 256 else 0.0),
+                     {"parametrization": "mup", "base_size": "w32"}, seeds=4, text_shift=-1.0)
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", str(sp), str(mup), "--seed-sets", "0,1/2,3", "--metric", "both",
+                                       "--bootstrap", "100", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "=== metric text, seeds 2,3" in result.output
+    assert "=== agreement of the verdicts, metric overall, seeds 0,1 vs 2,3" in result.output
+    record = json.loads((out / "agreement.json").read_text())
+    rows = {r["figure"]: r for r in record["overall"]["agreement"]}
+    assert rows["best loss"]["verdicts"] == ["sp", "sp"] and rows["best loss"]["agree"]
+    text = json.loads((out / "text" / "seeds=0,1" / "compare.json").read_text())
+    overall = json.loads((out / "overall" / "seeds=0,1" / "compare.json").read_text())
+    assert text["seeds"] == [0, 1] and text["metric"] == "text"
+    star = {m: {o["size"]: math.log2(o["lr_star"]) for o in r["optima"] if o["label"] == "mup"}
+            for m, r in (("text", text), ("overall", overall))}
+    assert star["text"]["w32"] == pytest.approx(star["overall"]["w32"] - 1.0, abs=0.15)
+    # bad seed sets are one line and exit 2
+    for args, message in ((["--seed-sets", "0,1/1,2"], "error: seed sets must be disjoint, got '0,1/1,2' (seed 1 twice)"),
+                          (["--seeds", "0", "--seed-sets", "0/1"], "error: give --seeds or --seed-sets, not both"),
+                          (["--seeds", "7"], "error: seed(s) 7 have no run in these sweeps (seeds run: 0,1,2,3)")):
+        bad = CliRunner().invoke(main, ["compare", str(sp), str(mup), "--bootstrap", "0", *args])
+        assert bad.exit_code == 2 and bad.output.strip() == message
+
+
+def test_text_metric_needs_per_source_losses(sweeps):
+    with pytest.raises(ConfigError, match=r"^metric text: no run records a text-only validation loss"):
+        compare(sweeps, metric="text")
+    with pytest.raises(ConfigError, match="^unknown metric 'image'; valid: overall, text$"):
+        compare(sweeps, metric="image")

@@ -77,19 +77,23 @@ def test_shipped_sweep_files_plan():
     assert sweep_arms(transfer) == ("sp-width", "mup-width", "sp-depth", "completep-depth")
     arms = {arm: plan_sweep(load_sweep_config(transfer, arm=arm, out="/tmp/x"))
             for arm in (*sweep_arms(transfer), "depthmup-depth")}
-    assert {a: p.n_cells for a, p in arms.items()} == {"sp-width": 36, "mup-width": 36, "sp-depth": 30,
-                                                       "completep-depth": 30, "depthmup-depth": 30}
+    assert {a: p.n_cells for a, p in arms.items()} == {"sp-width": 64, "mup-width": 64, "sp-depth": 48,
+                                                       "completep-depth": 48, "depthmup-depth": 48}
     assert str(arms["mup-width"].out) == "/tmp/x/mup-width"
     assert arms["mup-width"].train["model"] == {"parametrization": "mup", "base_size": "w32"}
     assert arms["depthmup-depth"].train["model"]["alpha"] == 0.5 and arms["sp-depth"].train["model"] == {}
     assert arms["sp-width"].train["steps"] == 100 and arms["completep-depth"].train["data"]["seq_len"] == 128
     gpu = ROOT / "sweeps" / "transfer-gpu.toml"
     plans = {arm: plan_sweep(load_sweep_config(gpu, arm=arm)) for arm in (*sweep_arms(gpu), "depthmup-depth")}
-    assert {a: p.n_cells for a, p in plans.items()} == dict.fromkeys(plans, 42)
+    assert {a: p.n_cells for a, p in plans.items()} == {"sp-width": 64, "mup-width": 64, "sp-depth": 64,
+                                                        "completep-depth": 64, "depthmup-depth": 64}
     assert [s.size for s in plans["mup-width"].sizes] == ["gw256", "gw512", "gw1024", "gw2048"]
     assert plans["completep-depth"].train["model"] == {"parametrization": "completep", "base_size": "gd6", "alpha": 1.0}
     assert all(p.config.executor == "slurm" and p.config.slurm.gpus_per_node == 8 for p in plans.values())
-    assert plans["sp-width"].sizes[-1].flops == pytest.approx(5.16e18, rel=1e-2)
+    assert plans["sp-width"].sizes[-1].flops == pytest.approx(2.32e18, rel=1e-2)
+    # one node-day of 8 GPUs at 989 TFLOP/s and 40% MFU holds the four default arms
+    total = sum(c.flops for arm in sweep_arms(gpu) for c in plans[arm].sizes for _ in range(len(c.lrs) * c.seeds))
+    assert total == pytest.approx(2.64e20, rel=1e-2) and total < 8 * 989e12 * 0.4 * 86400
 
 
 def test_dry_run_lists_cells_and_resources_and_submits_nothing(tmp_path):
