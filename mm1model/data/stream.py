@@ -101,6 +101,9 @@ class DataConfig:
     ``image_tokens``: placeholders per image (None = 144, MM1's). ``image_size``: ViT input side
     in pixels (None = 32). The trainer fills the last two from the model so they always agree.
     ``mixture``: source weights per sequence. ``seed``: order of records and of sources.
+    ``num_workers``: loader worker processes per rank (0 = pack in the training process; see
+    :mod:`mm1model.data.loader`; another value gives other sequences). ``prefetch``: steps each
+    worker packs ahead.
     """
 
     corpus: str | None = None
@@ -110,8 +113,14 @@ class DataConfig:
     image_size: int | None = None
     mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)
     seed: int = 0
+    num_workers: int = 0
+    prefetch: int = 2
 
     def __post_init__(self) -> None:
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"DataConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 1:
+            raise ConfigError(f"DataConfig.prefetch must be an integer >= 1, got {self.prefetch!r}")
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
             raise ConfigError(f"DataConfig.seq_len must be an integer >= 2, got {self.seq_len!r}")
         if not isinstance(self.max_images, int) or self.max_images < 0:
