@@ -65,8 +65,8 @@ def test_a_resumed_loader_with_two_workers_yields_the_same_next_100_sequences(tm
 
 
 def test_two_ranks_times_two_workers_see_every_record_once_per_epoch(tmp_path):
-    corpus = _numbered_corpus(tmp_path / "c")
-    config = dataclasses.replace(_config(corpus, TEXT_ONLY, seq_len=96), num_workers=2)
+    numbered = _numbered_corpus(tmp_path / "c")
+    config = dataclasses.replace(_config(numbered, TEXT_ONLY, seq_len=96), num_workers=2)
     seen = []
     for rank in range(2):
         loader = LaneBatches(config, lanes=[rank], n_lanes=2, micro_size=1)
