@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from mm1model import records
 from mm1model.config import ConfigError
 from mm1model.data import split_of
 from mm1model.data.loader import LaneBatches
-from mm1model.data.stream import clear_document_cache
+from mm1model.data.stream import PackedStream, clear_document_cache
 from mm1model.tokens import EOD_ID, IMAGE_END_ID
 from mm1model.train import train
 
@@ -24,6 +25,18 @@ from test_data import TEXT_ONLY, _config, _numbered_corpus
 from test_train import corpus, events, small, step_rows  # noqa: F401 (corpus is a fixture)
 
 FIELDS = ("input_ids", "labels", "doc_ids", "position_ids", "source")
+BUNDLED_RECORDS = 7012  # records of the bundled corpus (its manifest's items, all sources)
+
+
+def _sharded_corpus(out: Path, n: int, per_shard: int) -> Path:
+    """The numbered corpus of test_data, its text source in shards of ``per_shard`` records."""
+    _numbered_corpus(out, n=60)
+    (out / "text" / "prose.jsonl").unlink()
+    for first in range(0, n, per_shard):
+        lines = "".join(f'{{"id": "text-{i}", "text": "record {i} alone."}}\n'
+                        for i in range(first, min(n, first + per_shard)))
+        (out / "text" / f"prose-{first // per_shard:05d}.jsonl").write_text(lines)
+    return out
 
 
 def _sequences(steps: list[list[dict]]) -> list[dict]:
@@ -41,7 +54,9 @@ def _sequences(steps: list[list[dict]]) -> list[dict]:
 
 
 def test_a_resumed_loader_with_two_workers_yields_the_same_next_100_sequences(tmp_path):
-    config = dataclasses.replace(_config(_numbered_corpus(tmp_path / "c"), seed=5), num_workers=2, prefetch=3)
+    # captions and interleaved documents permuted whole (60 records); text read through a shuffle buffer
+    config = dataclasses.replace(_config(_sharded_corpus(tmp_path / "c", 120, 9), seed=5), num_workers=2, prefetch=3,
+                                 shuffle_buffer=70)
     first = LaneBatches(config, lanes=[0, 1], n_lanes=2, micro_size=2)
     for _ in range(7):  # an odd number: the next step is worker 1's
         first.next_step()
@@ -64,9 +79,10 @@ def test_a_resumed_loader_with_two_workers_yields_the_same_next_100_sequences(tm
         LaneBatches(dataclasses.replace(config, num_workers=0), [0, 1], 2, 2).load_lane_states(state)
 
 
-def test_two_ranks_times_two_workers_see_every_record_once_per_epoch(tmp_path):
-    numbered = _numbered_corpus(tmp_path / "c")
-    config = dataclasses.replace(_config(numbered, TEXT_ONLY, seq_len=96), num_workers=2)
+@pytest.mark.parametrize("shuffle_buffer", [10_000, 5])
+def test_two_ranks_times_two_workers_see_every_record_once_per_epoch(tmp_path, shuffle_buffer):
+    numbered = _sharded_corpus(tmp_path / "c", 60, 9)
+    config = dataclasses.replace(_config(numbered, TEXT_ONLY, seq_len=96), num_workers=2, shuffle_buffer=shuffle_buffer)
     seen = []
     for rank in range(2):
         loader = LaneBatches(config, lanes=[rank], n_lanes=2, micro_size=1)
@@ -84,7 +100,7 @@ def test_two_ranks_times_two_workers_see_every_record_once_per_epoch(tmp_path):
         loader.close()
         for worker, stream in enumerate(streams):
             # the sequence that finished a sub-stream's epoch may have gone on into the next one
-            seen += docs[worker][:len(range(stream.shard, len(stream.refs["text"]), stream.num_shards))]
+            seen += docs[worker][:len(range(stream.shard, stream.index["text"].records("train"), stream.num_shards))]
     train = [i for i in range(60) if split_of(f"text-{i}") == "train"]
     assert sorted(seen) == train  # 4 sub-streams (2 ranks x 2 workers): every train record once
 
@@ -136,3 +152,24 @@ def test_a_run_with_workers_preempted_through_its_process_group_resumes_exactly(
     train(config("preempted"))
     assert events(run_dir, "start")[1]["step"] == stopped
     assert step_rows(run_dir) == step_rows(tmp_path / "straight")
+
+
+def test_a_lanes_index_memory_does_not_grow_with_the_corpus(tmp_path):
+    """Text sources of 10x and 100x the bundled corpus's records, in shards of 10,000: a stream
+    holds its buffer and one shard's index, so its index bytes stay put; permuting every record
+    (what a source of at most shuffle_buffer records gets) would hold all of them."""
+    held, nbytes = [], []
+    for scale in (10, 100):
+        big = _sharded_corpus(tmp_path / f"x{scale}", scale * BUNDLED_RECORDS, 10_000)
+        config = _config(big, TEXT_ONLY, seq_len=64, shuffle_buffer=1000)
+        stream = PackedStream(config, rank=1, world_size=2)
+        for _ in range(3):
+            next(stream)
+        order = stream._orders["text", 0]
+        held.append(len(order.buffer) + len(order.shard_refs))
+        nbytes.append(stream.index_bytes())
+        clear_document_cache()
+    # 1000 in the buffer and this stream's half of one shard's ~9,500 train records, at either scale
+    assert all(1000 + 4600 < h < 1000 + 4900 for h in held), held
+    assert abs(nbytes[1] - nbytes[0]) < 0.02 * nbytes[0], nbytes  # a digit more per key, more files
+    assert all(800_000 < b < 1_200_000 for b in nbytes), nbytes  # whole-permuted: ~340 MB at 100x

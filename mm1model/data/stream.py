@@ -4,10 +4,24 @@
 rules) and is exactly resumable: its state is the sequence counter plus, per source, the epoch,
 the position in that epoch's order and the token offset into a partly packed document.
 
-Sharding: each source's records of the split are shuffled once per epoch with a permutation
-seeded by (seed, source, epoch); stream ``s`` of ``n`` (``s = rank * num_workers + worker``)
-takes positions ``s, s + n, s + 2n, ...`` of that order, so the streams of one epoch together
-see every record exactly once.
+Order and sharding. Stream ``s`` of ``n`` (``s = rank * num_workers + worker``) reads, per
+source and epoch, the positions ``s, s + n, s + 2n, ...`` of one sequence of the split's records,
+so the streams of one epoch together see every record exactly once. That sequence is:
+
+* for a source whose split holds at most ``DataConfig.shuffle_buffer`` records (every source of
+  the bundled corpus at the default 10,000): a permutation of all of them seeded by (seed, source,
+  epoch), exactly the order of earlier versions, so the bundled corpus's sequences, losses and
+  pinned numbers are unchanged;
+* for a larger source: its files (shards) in a permutation seeded by (seed, source, epoch), each
+  file's records in file order, and the stream's own records then pass through a shuffle buffer of
+  ``shuffle_buffer`` records (webdataset's scheme; :class:`ShuffledShards`). What changes: records
+  of one shard stay near each other within an epoch (a record moves at most about ``buffer x n``
+  positions from its place in the shard sequence), so shards should be written shuffled, as
+  webdataset advises. What does not: every record once per epoch over all streams, a new order
+  every epoch, determinism for a seed, exact resumption from (epoch, position) (a resume replays
+  the epoch's index, never decoding), and the validation split. A stream holds the buffer and one
+  shard's index, never the whole corpus's (:meth:`PackedStream.index_bytes`); every stream reads
+  the index of every shard (tar headers, Parquet ids, JSONL lines), decoding only its own records.
 
 Train/validation split: a record is held out when a hash of its key falls in the first 5% of the
 hash range, so the split depends on the corpus only (never on seed, rank or LR).
@@ -18,9 +32,10 @@ import dataclasses
 import functools
 import hashlib
 import os
+import sys
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -103,7 +118,9 @@ class DataConfig:
     ``mixture``: source weights per sequence. ``seed``: order of records and of sources.
     ``num_workers``: loader worker processes per rank (0 = pack in the training process; see
     :mod:`mm1model.data.loader`; another value gives other sequences). ``prefetch``: steps each
-    worker packs ahead.
+    worker packs ahead. ``shuffle_buffer``: records; a source's split of at most this many is
+    permuted whole each epoch, a larger one is read shard by shard through a shuffle buffer of
+    this size (see the module docstring).
     """
 
     corpus: str | None = None
@@ -115,10 +132,13 @@ class DataConfig:
     seed: int = 0
     num_workers: int = 0
     prefetch: int = 2
+    shuffle_buffer: int = 10_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"DataConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
+            raise ConfigError(f"DataConfig.shuffle_buffer must be an integer >= 1, got {self.shuffle_buffer!r}")
         if not isinstance(self.prefetch, int) or self.prefetch < 1:
             raise ConfigError(f"DataConfig.prefetch must be an integer >= 1, got {self.prefetch!r}")
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -153,22 +173,128 @@ def split_of(key: str) -> str:
     return "val" if digest < VAL_FRACTION * 2**64 else "train"
 
 
-# Each source's record index, per process, keyed by its files and their (mtime, size): a warm
-# sweep worker (scaling.workers) builds it once and the cells it forks inherit it, instead of
+@dataclasses.dataclass
+class SourceIndex:
+    """What a stream keeps of one source's index: per file (``reader.paths`` order) the number of
+    records of each split, and the records themselves only for a split of at most
+    ``limit`` records (``refs[split]``, else None: that split is read shard by shard)."""
+
+    counts: dict[str, np.ndarray]  # split -> (files,) int64
+    refs: dict[str, list[RecordRef] | None]
+    skipped: Counter
+
+    def records(self, split: str) -> int:
+        return int(self.counts[split].sum())
+
+
+# Each source's index, per process, keyed by its files and their (mtime, size): a warm sweep
+# worker (scaling.workers) builds it once and the cells it forks inherit it, instead of
 # re-reading every shard per cell (0.7-1.1 s on the bundled corpus).
-_INDEX_CACHE: dict[tuple, tuple[list[RecordRef], Counter]] = {}
+_INDEX_CACHE: dict[tuple, SourceIndex] = {}
 
 
-def source_index(kind: str, reader: Any, skipped: Counter) -> list[RecordRef]:
-    """``reader.index`` of one source kind, from the process's cache when its files are unchanged;
-    the records it skipped are added to ``skipped`` either way."""
-    key = (kind, tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in reader.paths))
+def source_index(kind: str, reader: Any, limit: int, skipped: Counter) -> SourceIndex:
+    """The :class:`SourceIndex` of one source kind, from the process's cache when its files are
+    unchanged; the records its indexing skipped are added to ``skipped`` either way. Built one
+    file at a time: it never holds more than ``limit`` records per split plus one file's."""
+    key = (kind, limit, tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in reader.paths))
     if key not in _INDEX_CACHE:
         found: Counter = Counter()
-        _INDEX_CACHE[key] = (reader.index(found), found)
-    refs, found = _INDEX_CACHE[key]
-    skipped.update(found)
-    return refs
+        counts = {"train": np.zeros(len(reader.paths), np.int64), "val": np.zeros(len(reader.paths), np.int64)}
+        refs: dict[str, list[RecordRef] | None] = {"train": [], "val": []}
+        for i, path in enumerate(reader.paths):
+            for ref in reader.index_path(path, found):
+                split = split_of(ref.key)
+                counts[split][i] += 1
+                kept = refs[split]
+                if kept is not None:
+                    kept.append(ref)
+                    if len(kept) > limit:
+                        refs[split] = None
+        _INDEX_CACHE[key] = SourceIndex(counts, refs, found)
+    index = _INDEX_CACHE[key]
+    skipped.update(index.skipped)
+    return index
+
+
+class ShuffledShards:
+    """One stream's records of one epoch of a source too large to permute whole.
+
+    The source's files (shards) are permuted with a generator seeded by (seed, source, epoch);
+    their records, in file order, form the epoch's sequence, and stream ``s`` of ``n`` takes
+    positions ``s, s + n, ...`` of it (so the streams together see every record once); those pass
+    through a shuffle buffer of ``buffer`` records seeded by (seed, source, epoch, stream), as
+    webdataset does: once full, each record out is a random one of the buffer, replaced by the
+    next in. ``order[pos]`` is the ``pos``-th record out; reading in order is O(1) per record,
+    an earlier position (a resume) replays the epoch from its start without decoding anything.
+    Memory: the buffer plus the index of one shard, whatever the size of the source.
+    """
+
+    def __init__(self, reader: Any, counts: np.ndarray, split: str, seed: int, source_id: int, epoch: int,
+                 stream: int, n_streams: int, buffer: int):
+        self.reader, self.counts, self.split = reader, counts, split
+        self.seeds = (seed, source_id, epoch)
+        self.stream, self.n_streams, self.buffer_size = stream, n_streams, buffer
+        self.length = len(range(stream, int(counts.sum()), n_streams))
+        self.buffer: list[RecordRef] = []
+        self.shard_refs: list[RecordRef] = []
+        self._out: Iterator[RecordRef] | None = None
+        self._next = 0  # position of the record _out gives next
+        self._last: RecordRef | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, pos: int) -> RecordRef:
+        if not 0 <= pos < self.length:
+            raise IndexError(pos)
+        if self._out is None or pos < self._next:
+            self._out, self._next = self._shuffled(), 0
+        while self._next <= pos:
+            self._last = next(self._out)
+            self._next += 1
+        return self._last
+
+    def index_bytes(self) -> int:
+        """Bytes of the records this order holds (buffer and current shard's index), deep."""
+        return (sys.getsizeof(self.buffer) + sys.getsizeof(self.shard_refs) + self.counts.nbytes
+                + sum(_ref_bytes(r) for r in self.buffer) + sum(_ref_bytes(r) for r in self.shard_refs))
+
+    def _own(self) -> Iterator[RecordRef]:
+        shards = np.random.default_rng([*self.seeds, 1]).permutation(len(self.counts))
+        start = 0  # position of the shard's first record in the epoch's sequence
+        for shard in shards:
+            count = int(self.counts[shard])
+            first = start + (self.stream - start) % self.n_streams
+            if first < start + count:  # a shard with none of this stream's records is not read
+                refs = [r for r in self.reader.index_path(self.reader.paths[shard], Counter())
+                        if split_of(r.key) == self.split]
+                self.shard_refs = refs[first - start::self.n_streams]
+                del refs
+                yield from self.shard_refs
+                self.shard_refs = []
+            start += count
+
+    def _shuffled(self) -> Iterator[RecordRef]:
+        rng = np.random.default_rng([*self.seeds, 2, self.stream])
+        self.buffer = []
+        for ref in self._own():
+            if len(self.buffer) < self.buffer_size:
+                self.buffer.append(ref)
+                continue
+            j = int(rng.integers(self.buffer_size))
+            out, self.buffer[j] = self.buffer[j], ref
+            yield out
+        while self.buffer:
+            j = int(rng.integers(len(self.buffer)))
+            self.buffer[j], self.buffer[-1] = self.buffer[-1], self.buffer[j]
+            yield self.buffer.pop()
+
+
+def _ref_bytes(ref: RecordRef) -> int:
+    where = ref.where
+    extra = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in where.items()) if isinstance(where, dict) else 0
+    return sys.getsizeof(ref) + sys.getsizeof(ref.key) + sys.getsizeof(where) + extra
 
 
 def open_sources(corpus_dir: Path, image_side: int | None = None) -> dict[str, Any]:
@@ -217,22 +343,24 @@ class PackedStream:
         self.shard, self.num_shards = rank * num_workers + worker, world_size * num_workers
         self.weights = config.mixture.probabilities()
         self.skipped: Counter = Counter()
-        self.refs: dict[str, list[RecordRef]] = {}
+        # refs[kind]: the split's records of a source small enough to permute whole, else None
+        self.index: dict[str, SourceIndex] = {}
+        self.refs: dict[str, list[RecordRef] | None] = {}
         for kind in SOURCES:
-            refs = [r for r in source_index(kind, self.readers[kind], self.skipped) if split_of(r.key) == split]
-            if self.weights[SOURCES.index(kind)] > 0 and len(refs) < self.num_shards:
-                raise ConfigError(f"source {kind} has {len(refs)} records in split {split} of "
+            index = source_index(kind, self.readers[kind], config.shuffle_buffer, self.skipped)
+            if self.weights[SOURCES.index(kind)] > 0 and index.records(split) < self.num_shards:
+                raise ConfigError(f"source {kind} has {index.records(split)} records in split {split} of "
                                   f"{corpus_dir}, fewer than the {self.num_shards} streams")
-            self.refs[kind] = refs
+            self.index[kind], self.refs[kind] = index, index.refs[split]
         # A rebuilt corpus file (new mtime or size) never hits documents cached from the old one.
         self._stamps = {path: (os.stat(path).st_mtime_ns, os.stat(path).st_size)
                         for reader in self.readers.values() for path in reader.paths}
         self.sampler = MixtureSampler(config.mixture, config.seed, self.shard)
         self.sequence = 0
         self.cursor = {kind: {"epoch": 0, "pos": 0, "offset": 0} for kind in SOURCES}
-        self._orders: dict[tuple[str, int], np.ndarray] = {}
+        self._orders: dict[tuple[str, int], np.ndarray | ShuffledShards] = {}
         self._docs: dict[str, tuple[tuple[int, int], TokenizedDoc]] = {}
-        self._counted: set[tuple[str, int]] = set()
+        self._counted: set[tuple] = set()
         self.counters = self._zero_counters()
 
     # ------------------------------------------------------------------------------ state
@@ -309,16 +437,34 @@ class PackedStream:
         return batch
 
     # ---------------------------------------------------------------------------- helpers
-    def _order(self, kind: str, epoch: int) -> np.ndarray:
-        """This stream's record indices for one epoch of one source."""
+    def _order(self, kind: str, epoch: int) -> np.ndarray | ShuffledShards:
+        """This stream's records of one epoch of one source: indices into ``refs[kind]`` for a
+        source permuted whole, else its :class:`ShuffledShards`."""
         key = (kind, epoch)
         if key not in self._orders:
             source_id = SOURCES.index(kind)
-            perm = np.random.default_rng([self.config.seed, source_id, epoch]).permutation(
-                len(self.refs[kind]))
             self._orders = {k: v for k, v in self._orders.items() if k[0] != kind}
-            self._orders[key] = perm[self.shard::self.num_shards]
+            if self.refs[kind] is None:
+                self._orders[key] = ShuffledShards(
+                    self.readers[kind], self.index[kind].counts[self.split], self.split, self.config.seed,
+                    source_id, epoch, self.shard, self.num_shards, self.config.shuffle_buffer)
+            else:
+                perm = np.random.default_rng([self.config.seed, source_id, epoch]).permutation(
+                    len(self.refs[kind]))
+                self._orders[key] = perm[self.shard::self.num_shards]
         return self._orders[key]
+
+    def index_bytes(self) -> int:
+        """Bytes this stream holds of its sources' indices (deep ``sys.getsizeof``): the records of
+        sources permuted whole and their orders, and each shuffled source's buffer, current shard
+        and per-file counts. The readers' lists of file paths (O(files)) are not included."""
+        total = 0
+        for kind in SOURCES:
+            if self.refs[kind] is not None:
+                total += sys.getsizeof(self.refs[kind]) + sum(_ref_bytes(r) for r in self.refs[kind])
+        for order in self._orders.values():
+            total += order.index_bytes() if isinstance(order, ShuffledShards) else order.nbytes
+        return total
 
     def _advance(self, kind: str) -> None:
         cursor = self.cursor[kind]
@@ -337,8 +483,13 @@ class PackedStream:
             cached = self._docs.get(kind)
             if cached is not None and cached[0] == where:
                 return cached[1]
-            index = int(self._order(kind, where[0])[where[1]])
-            ref = self.refs[kind][index]
+            order = self._order(kind, where[0])
+            if self.refs[kind] is None:
+                ref = order[where[1]]
+                index = (ref.path, ref.key)
+            else:
+                index = int(order[where[1]])
+                ref = self.refs[kind][index]
             cache_key = (kind, ref.path, self._stamps[ref.path], ref.key,
                          self.config.tokens_per_image, self.config.image_side)
             entry = _DOC_CACHE.get(cache_key)
@@ -358,7 +509,7 @@ class PackedStream:
                 self._docs[kind] = (where, tokenized)
                 return tokenized
             misses += 1
-            if misses > len(self.refs[kind]):
+            if misses > self.index[kind].records(self.split):
                 raise ConfigError(f"every {kind} record of split {self.split} is bad "
                                   f"(skipped: {dict(self.skipped)})")
             self._advance(kind)
