@@ -86,6 +86,7 @@ from mm1model.checkpoint import (PREEMPTION_SIGNALS, Checkpointer, Preemption, U
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, image_flops, param_counts
 from mm1model.data import SOURCES, PackedStream, validation_batches
+from mm1model.data.images import normalise_images
 from mm1model.data.loader import LaneBatches
 from mm1model.distributed import Dist, init_distributed
 from mm1model.model import MM1
@@ -144,8 +145,9 @@ def forward_backward(model: torch.nn.Module, micro_batches: Iterator[dict[str, A
         if fsdp:
             model.set_requires_gradient_sync(reduce_every_micro_batch or i == n_micro - 1)
         batch = accelerator.to_device(batch, device)
+        images = normalise_images(batch["images"])  # uint8 pixels -> the ViT's floats, on the device
         with accelerator.autocast(device):
-            out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
+            out = model(batch["input_ids"], images=images, labels=batch["labels"],
                         doc_ids=batch["doc_ids"], position_ids=batch["position_ids"])
         (out.loss / n_micro).backward()
         loss_sum += out.loss.detach().float()
@@ -180,7 +182,7 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, Any]], device: torc
         weight = 1.0 if index < len(batches) else 0.0
         batch = accelerator.to_device(batches[min(index, len(batches) - 1)], device)
         with accelerator.autocast(device):
-            out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
+            out = model(batch["input_ids"], images=normalise_images(batch["images"]), labels=batch["labels"],
                         doc_ids=batch["doc_ids"], position_ids=batch["position_ids"], per_row=True)
         per_row_loss = out.row_ce_sum.double().cpu()  # (B,)
         per_row_count = out.row_tokens.double().cpu()
