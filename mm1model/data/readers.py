@@ -136,6 +136,9 @@ class InterleavedDocs:
         if not path.endswith(".parquet"):
             return _jsonl_refs(path, skipped)
         table = self._table(path)
+        missing = [c for c in ("texts", "images") if c not in table.column_names]
+        if missing:  # not an OBELICS layout: every record would be skipped
+            raise ValueError(f"{path} has no {' or '.join(missing)} column (OBELICS: id, texts[], images[])")
         keys = table.column("id").to_pylist() if "id" in table.column_names else None
         return [RecordRef(str(keys[row]) if keys else f"{Path(path).name}:{row}", path, row)
                 for row in range(table.num_rows)]

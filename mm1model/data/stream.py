@@ -46,6 +46,7 @@ from mm1model.data.corpus import default_corpus_dir, read_manifest
 from mm1model.data.mixture import SOURCES, MixtureConfig, MixtureSampler
 from mm1model.data.packing import SequenceBuilder, TokenizedDoc, cut, tokenize_document
 from mm1model.data.readers import CaptionShards, InterleavedDocs, RecordRef, TextDocs
+from mm1model.data.sources import SourcesConfig
 from mm1model.data.tokenizer import load_tokenizer
 
 Batch = dict  # input_ids, labels, doc_ids, position_ids (B, T) long; images list; source (B,)
@@ -120,7 +121,8 @@ class DataConfig:
     :mod:`mm1model.data.loader`; another value gives other sequences). ``prefetch``: steps each
     worker packs ahead. ``shuffle_buffer``: records; a source's split of at most this many is
     permuted whole each epoch, a larger one is read shard by shard through a shuffle buffer of
-    this size (see the module docstring).
+    this size (see the module docstring). ``sources``: train on user files where they lie
+    (:mod:`mm1model.data.sources`) instead of the prepared corpus's; the tokenizer stays ``corpus``'s.
     """
 
     corpus: str | None = None
@@ -133,6 +135,7 @@ class DataConfig:
     num_workers: int = 0
     prefetch: int = 2
     shuffle_buffer: int = 10_000
+    sources: SourcesConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -153,6 +156,8 @@ class DataConfig:
             raise ConfigError(f"DataConfig.image_size must be >= 4 pixels, got {self.image_size!r}")
         if isinstance(self.mixture, dict):  # built directly from a JSON dict
             object.__setattr__(self, "mixture", MixtureConfig(**self.mixture))
+        if isinstance(self.sources, dict):
+            object.__setattr__(self, "sources", SourcesConfig(**self.sources))
 
     @property
     def corpus_dir(self) -> Path:
@@ -335,22 +340,38 @@ class PackedStream:
                               f"{config.seq_len}: raise seq_len, lower image_tokens, or set max_images = 0")
         self.config, self.split = config, split
         corpus_dir = config.corpus_dir
-        if read_manifest(corpus_dir) is None:
-            raise ConfigError(f"corpus {corpus_dir} is not prepared: run `scaling data prepare"
-                              f"{'' if config.corpus is None else ' --out ' + str(corpus_dir)}`")
-        self.tokenizer = load_tokenizer(corpus_dir)
-        self.readers = open_sources(corpus_dir, config.image_side)
         self.shard, self.num_shards = rank * num_workers + worker, world_size * num_workers
         self.weights = config.mixture.probabilities()
+        if config.sources is not None:
+            self.readers = config.sources.open(config.image_side)
+            where = {kind: f"data.sources.{kind} ({len(r.paths)} files)" for kind, r in self.readers.items()}
+            for kind, weight in zip(SOURCES, self.weights):
+                if weight > 0 and not self.readers[kind].paths:
+                    raise ConfigError(f"data.mixture gives {kind} a weight but data.sources.{kind} names no "
+                                      f"files: add some, or set data.mixture.{kind} = 0")
+        elif read_manifest(corpus_dir) is None:
+            raise ConfigError(f"corpus {corpus_dir} is not prepared: run `scaling data prepare"
+                              f"{'' if config.corpus is None else ' --out ' + str(corpus_dir)}`")
+        else:
+            self.readers = open_sources(corpus_dir, config.image_side)
+            where = {kind: str(corpus_dir) for kind in SOURCES}
+        self.tokenizer = load_tokenizer(corpus_dir)
         self.skipped: Counter = Counter()
         # refs[kind]: the split's records of a source small enough to permute whole, else None
         self.index: dict[str, SourceIndex] = {}
         self.refs: dict[str, list[RecordRef] | None] = {}
         for kind in SOURCES:
-            index = source_index(kind, self.readers[kind], config.shuffle_buffer, self.skipped)
+            try:
+                index = source_index(kind, self.readers[kind], config.shuffle_buffer, self.skipped)
+            except ConfigError:
+                raise
+            except (OSError, ValueError) as err:  # not a tar / Parquet file at all, unreadable
+                raise ConfigError(f"cannot index the {kind} files of {where[kind]}: "
+                                  f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}") from None
             if self.weights[SOURCES.index(kind)] > 0 and index.records(split) < self.num_shards:
                 raise ConfigError(f"source {kind} has {index.records(split)} records in split {split} of "
-                                  f"{corpus_dir}, fewer than the {self.num_shards} streams")
+                                  f"{where[kind]}, fewer than the {self.num_shards} streams"
+                                  + (f" (skipped while indexing: {dict(index.skipped)})" if index.skipped else ""))
             self.index[kind], self.refs[kind] = index, index.refs[split]
         # A rebuilt corpus file (new mtime or size) never hits documents cached from the old one.
         self._stamps = {path: (os.stat(path).st_mtime_ns, os.stat(path).st_size)
@@ -544,8 +565,10 @@ def validation_batches(config: DataConfig, n_sequences: int, batch_size: int) ->
     (the batches are read, never changed) and per state of the corpus's manifest, so a warm sweep
     worker packs them once for its cells.
     """
-    manifest = config.corpus_dir / "manifest.json"
-    stamp = (manifest.stat().st_mtime_ns, manifest.stat().st_size) if manifest.exists() else None
+    files = [config.corpus_dir / "manifest.json"]
+    if config.sources is not None:
+        files += [path for kind in SOURCES for path in config.sources.files(kind)]
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in files)
     return _validation_batches(config, n_sequences, batch_size, stamp)
 
 
