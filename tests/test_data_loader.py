@@ -173,3 +173,19 @@ def test_a_lanes_index_memory_does_not_grow_with_the_corpus(tmp_path):
     assert all(1000 + 4600 < h < 1000 + 4900 for h in held), held
     assert abs(nbytes[1] - nbytes[0]) < 0.02 * nbytes[0], nbytes  # a digit more per key, more files
     assert all(800_000 < b < 1_200_000 for b in nbytes), nbytes  # whole-permuted: ~340 MB at 100x
+
+
+def test_the_data_bench_reports_supply_per_worker_count_beside_the_planners_demand(corpus, capsys):  # noqa: F811
+    from mm1model.bench import main as bench_main
+    from scaling.plan import PlanConfig, make_plan
+
+    assert bench_main(["--data", "--json", "--workers", "0,1", "--seq-len", "256", "--image-size", "32",
+                       "--image-tokens", "16", "--batch-size", "2", "--steps", "2", "--sizes", "9M", "--corpus",
+                       corpus]) == 0
+    supply0, supply1, need = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [supply0["workers"], supply1["workers"]] == [0, 1] and supply0["sequences"] == 4
+    assert supply0["sequences_per_s"] > 0 and supply0["images_per_s"] >= 0
+    plan = make_plan(PlanConfig(size="9M", seq_len=256, images_per_sequence=need["images_per_sequence"], nodes=1))
+    assert need["step_time_s"] == plan.step_time_s and need["gpus"] == 8
+    assert need["sequences_per_s"] == pytest.approx(512 / 8 / plan.step_time_s)  # MM1's batch over 8 ranks
+    assert need["busy"]["1"] == pytest.approx(min(1.0, supply1["sequences_per_s"] / need["sequences_per_s"]))
