@@ -9,6 +9,7 @@ names). Transparent images (Tux Paint stamps, emoji) are composited over white f
 """
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -71,12 +72,18 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     on the pixels' device: CLIP-normalised, centred, padded with zeros (the mean colour)."""
     _, height, width = pixels.shape
     size = max(height, width)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    mean, std = _clip_statistics(pixels.device)
     out = torch.zeros(3, size, size, device=pixels.device)
     top, left = (size - height) // 2, (size - width) // 2
     out[:, top:top + height, left:left + width] = (pixels.float() / 255.0 - mean) / std
     return out  # (3, S, S)
+
+
+@functools.lru_cache(maxsize=8)
+def _clip_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # made once per device: building them per image would be a blocking host-to-GPU copy each
+    return (torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.tensor(CLIP_STD, dtype=torch.float32, device=device).view(3, 1, 1))
 
 
 def normalise_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
