@@ -19,9 +19,13 @@ so the streams of one epoch together see every record exactly once. That sequenc
   positions from its place in the shard sequence), so shards should be written shuffled, as
   webdataset advises. What does not: every record once per epoch over all streams, a new order
   every epoch, determinism for a seed, exact resumption from (epoch, position) (a resume replays
-  the epoch's index, never decoding), and the validation split. A stream holds the buffer and one
-  shard's index, never the whole corpus's (:meth:`PackedStream.index_bytes`); every stream reads
-  the index of every shard (tar headers, Parquet ids, JSONL lines), decoding only its own records.
+  the epoch's index, never decoding), and the validation split. A stream holds the buffer and its
+  part of one shard's index, never the whole corpus's (:meth:`PackedStream.index_bytes`), and
+  start-up reads only as many files as it takes to find a source larger than the buffer (no
+  pass over the corpus); every stream reads the index of every shard during an epoch (tar
+  headers, Parquet ids, JSONL lines), decoding only its own records. Records that indexing
+  skips (a truncated shard, a pair without its caption) are counted in ``skipped`` only in the
+  files start-up read.
 
 Train/validation split: a record is held out when a hash of its key falls in the first 5% of the
 hash range, so the split depends on the corpus only (never on seed, rank or LR).
@@ -180,16 +184,17 @@ def split_of(key: str) -> str:
 
 @dataclasses.dataclass
 class SourceIndex:
-    """What a stream keeps of one source's index: per file (``reader.paths`` order) the number of
-    records of each split, and the records themselves only for a split of at most
-    ``limit`` records (``refs[split]``, else None: that split is read shard by shard)."""
+    """What a stream keeps of one source's index, per split: the records themselves when the split
+    holds at most ``limit`` of them (``refs[split]``), else None (the split is larger: it is read
+    shard by shard, :class:`ShuffledShards`, and never counted whole)."""
 
-    counts: dict[str, np.ndarray]  # split -> (files,) int64
     refs: dict[str, list[RecordRef] | None]
-    skipped: Counter
+    skipped: Counter  # what indexing skipped, in the files read to decide
 
-    def records(self, split: str) -> int:
-        return int(self.counts[split].sum())
+    def records(self, split: str) -> int | None:
+        """The split's record count, None for a split over the limit."""
+        refs = self.refs[split]
+        return None if refs is None else len(refs)
 
 
 # Each source's index, per process, keyed by its files and their (mtime, size): a warm sweep
@@ -200,23 +205,24 @@ _INDEX_CACHE: dict[tuple, SourceIndex] = {}
 
 def source_index(kind: str, reader: Any, limit: int, skipped: Counter) -> SourceIndex:
     """The :class:`SourceIndex` of one source kind, from the process's cache when its files are
-    unchanged; the records its indexing skipped are added to ``skipped`` either way. Built one
-    file at a time: it never holds more than ``limit`` records per split plus one file's."""
+    unchanged; the records its indexing skipped are added to ``skipped`` either way. Reads files
+    until both splits are known to exceed ``limit`` records (or all are read): it never holds more
+    than ``limit`` records per split plus one file's, and a corpus of billions of records costs
+    no full pass at start-up."""
     key = (kind, limit, tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in reader.paths))
     if key not in _INDEX_CACHE:
         found: Counter = Counter()
-        counts = {"train": np.zeros(len(reader.paths), np.int64), "val": np.zeros(len(reader.paths), np.int64)}
         refs: dict[str, list[RecordRef] | None] = {"train": [], "val": []}
-        for i, path in enumerate(reader.paths):
+        for path in reader.paths:
+            if refs["train"] is None and refs["val"] is None:
+                break
             for ref in reader.index_path(path, found):
-                split = split_of(ref.key)
-                counts[split][i] += 1
-                kept = refs[split]
+                kept = refs[split_of(ref.key)]
                 if kept is not None:
                     kept.append(ref)
                     if len(kept) > limit:
-                        refs[split] = None
-        _INDEX_CACHE[key] = SourceIndex(counts, refs, found)
+                        refs[split_of(ref.key)] = None
+        _INDEX_CACHE[key] = SourceIndex(refs, found)
     index = _INDEX_CACHE[key]
     skipped.update(index.skipped)
     return index
@@ -226,59 +232,68 @@ class ShuffledShards:
     """One stream's records of one epoch of a source too large to permute whole.
 
     The source's files (shards) are permuted with a generator seeded by (seed, source, epoch);
-    their records, in file order, form the epoch's sequence, and stream ``s`` of ``n`` takes
-    positions ``s, s + n, ...`` of it (so the streams together see every record once); those pass
-    through a shuffle buffer of ``buffer`` records seeded by (seed, source, epoch, stream), as
-    webdataset does: once full, each record out is a random one of the buffer, replaced by the
-    next in. ``order[pos]`` is the ``pos``-th record out; reading in order is O(1) per record,
-    an earlier position (a resume) replays the epoch from its start without decoding anything.
-    Memory: the buffer plus the index of one shard, whatever the size of the source.
+    their records of the split, in file order, form the epoch's sequence, and stream ``s`` of
+    ``n`` takes positions ``s, s + n, ...`` of it (so the streams together see every record once);
+    those pass through a shuffle buffer of ``buffer`` records seeded by (seed, source, epoch,
+    stream), as webdataset does: once full, each record out is a random one of the buffer,
+    replaced by the next in. ``order[pos]`` is the ``pos``-th record out (IndexError past the
+    epoch's end); reading in order is O(1) per record, an earlier position (a resume) replays
+    the epoch from its start, reading indices, never decoding. Memory: the buffer plus this
+    stream's part of one shard's index, whatever the size of the source.
     """
 
-    def __init__(self, reader: Any, counts: np.ndarray, split: str, seed: int, source_id: int, epoch: int,
+    def __init__(self, reader: Any, split: str, seed: int, source_id: int, epoch: int,
                  stream: int, n_streams: int, buffer: int):
-        self.reader, self.counts, self.split = reader, counts, split
+        self.reader, self.split = reader, split
         self.seeds = (seed, source_id, epoch)
         self.stream, self.n_streams, self.buffer_size = stream, n_streams, buffer
-        self.length = len(range(stream, int(counts.sum()), n_streams))
         self.buffer: list[RecordRef] = []
         self.shard_refs: list[RecordRef] = []
         self._out: Iterator[RecordRef] | None = None
         self._next = 0  # position of the record _out gives next
         self._last: RecordRef | None = None
-
-    def __len__(self) -> int:
-        return self.length
+        self._end: int | None = None  # the epoch's length, once met
 
     def __getitem__(self, pos: int) -> RecordRef:
-        if not 0 <= pos < self.length:
+        if pos < 0 or (self._end is not None and pos >= self._end):
             raise IndexError(pos)
+        if self._next > 0 and pos == self._next - 1:
+            return self._last  # the record last read (ahead, by has)
         if self._out is None or pos < self._next:
             self._out, self._next = self._shuffled(), 0
         while self._next <= pos:
-            self._last = next(self._out)
+            try:
+                self._last = next(self._out)
+            except StopIteration:
+                self._end, self._out = self._next, None
+                raise IndexError(pos) from None
             self._next += 1
         return self._last
 
+    def has(self, pos: int) -> bool:
+        """Whether the epoch has a ``pos``-th record (reads ahead to it)."""
+        try:
+            self[pos]
+        except IndexError:
+            return False
+        return True
+
     def index_bytes(self) -> int:
         """Bytes of the records this order holds (buffer and current shard's index), deep."""
-        return (sys.getsizeof(self.buffer) + sys.getsizeof(self.shard_refs) + self.counts.nbytes
+        return (sys.getsizeof(self.buffer) + sys.getsizeof(self.shard_refs)
                 + sum(_ref_bytes(r) for r in self.buffer) + sum(_ref_bytes(r) for r in self.shard_refs))
 
     def _own(self) -> Iterator[RecordRef]:
-        shards = np.random.default_rng([*self.seeds, 1]).permutation(len(self.counts))
+        shards = np.random.default_rng([*self.seeds, 1]).permutation(len(self.reader.paths))
         start = 0  # position of the shard's first record in the epoch's sequence
         for shard in shards:
-            count = int(self.counts[shard])
-            first = start + (self.stream - start) % self.n_streams
-            if first < start + count:  # a shard with none of this stream's records is not read
-                refs = [r for r in self.reader.index_path(self.reader.paths[shard], Counter())
-                        if split_of(r.key) == self.split]
-                self.shard_refs = refs[first - start::self.n_streams]
-                del refs
-                yield from self.shard_refs
-                self.shard_refs = []
-            start += count
+            refs = [r for r in self.reader.index_path(self.reader.paths[shard], Counter())
+                    if split_of(r.key) == self.split]
+            self.shard_refs = refs[(self.stream - start) % self.n_streams::self.n_streams]
+            start += len(refs)
+            del refs
+            yield from self.shard_refs
+            self.shard_refs = []
 
     def _shuffled(self) -> Iterator[RecordRef]:
         rng = np.random.default_rng([*self.seeds, 2, self.stream])
@@ -368,8 +383,12 @@ class PackedStream:
             except (OSError, ValueError) as err:  # not a tar / Parquet file at all, unreadable
                 raise ConfigError(f"cannot index the {kind} files of {where[kind]}: "
                                   f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}") from None
-            if self.weights[SOURCES.index(kind)] > 0 and index.records(split) < self.num_shards:
-                raise ConfigError(f"source {kind} has {index.records(split)} records in split {split} of "
+            records = index.records(split)
+            if records is None and self.num_shards > config.shuffle_buffer:
+                raise ConfigError(f"{self.num_shards} streams read source {kind} through a shuffle buffer of "
+                                  f"{config.shuffle_buffer} records: raise data.shuffle_buffer to at least that")
+            if self.weights[SOURCES.index(kind)] > 0 and records is not None and records < self.num_shards:
+                raise ConfigError(f"source {kind} has {records} records in split {split} of "
                                   f"{where[kind]}, fewer than the {self.num_shards} streams"
                                   + (f" (skipped while indexing: {dict(index.skipped)})" if index.skipped else ""))
             self.index[kind], self.refs[kind] = index, index.refs[split]
@@ -466,9 +485,8 @@ class PackedStream:
             source_id = SOURCES.index(kind)
             self._orders = {k: v for k, v in self._orders.items() if k[0] != kind}
             if self.refs[kind] is None:
-                self._orders[key] = ShuffledShards(
-                    self.readers[kind], self.index[kind].counts[self.split], self.split, self.config.seed,
-                    source_id, epoch, self.shard, self.num_shards, self.config.shuffle_buffer)
+                self._orders[key] = ShuffledShards(self.readers[kind], self.split, self.config.seed, source_id,
+                                                   epoch, self.shard, self.num_shards, self.config.shuffle_buffer)
             else:
                 perm = np.random.default_rng([self.config.seed, source_id, epoch]).permutation(
                     len(self.refs[kind]))
@@ -477,8 +495,8 @@ class PackedStream:
 
     def index_bytes(self) -> int:
         """Bytes this stream holds of its sources' indices (deep ``sys.getsizeof``): the records of
-        sources permuted whole and their orders, and each shuffled source's buffer, current shard
-        and per-file counts. The readers' lists of file paths (O(files)) are not included."""
+        sources permuted whole and their orders, and each shuffled source's buffer and part of its
+        current shard. The readers' lists of file paths (O(files)) are not included."""
         total = 0
         for kind in SOURCES:
             if self.refs[kind] is not None:
@@ -491,13 +509,14 @@ class PackedStream:
         cursor = self.cursor[kind]
         cursor["pos"] += 1
         cursor["offset"] = 0
-        if cursor["pos"] >= len(self._order(kind, cursor["epoch"])):
+        order = self._order(kind, cursor["epoch"])
+        if not (order.has(cursor["pos"]) if isinstance(order, ShuffledShards) else cursor["pos"] < len(order)):
             cursor["epoch"] += 1
             cursor["pos"] = 0
 
     def _current(self, kind: str) -> TokenizedDoc:
         """The document under this source's cursor (loaded once, kept while it is consumed)."""
-        misses = 0
+        misses, first_epoch = 0, self.cursor[kind]["epoch"]
         while True:
             cursor = self.cursor[kind]
             where = (cursor["epoch"], cursor["pos"])
@@ -530,7 +549,9 @@ class PackedStream:
                 self._docs[kind] = (where, tokenized)
                 return tokenized
             misses += 1
-            if misses > self.index[kind].records(self.split):
+            # a whole epoch without one good record (a large source: counted by its epochs)
+            if misses > (self.index[kind].records(self.split) or 0) and (
+                    self.refs[kind] is not None or self.cursor[kind]["epoch"] > first_epoch + 1):
                 raise ConfigError(f"every {kind} record of split {self.split} is bad "
                                   f"(skipped: {dict(self.skipped)})")
             self._advance(kind)
