@@ -6,8 +6,9 @@ A checkpoint is a directory ``checkpoints/step_XXXXXXXX/``:
   parallel (FSDP2 keeps them sharded; nobody gathers the model), and ``.metadata``, DCP's index of
   every shard, written by the coordinator after all ranks are done;
 * ``trainer.json``: everything that is not a tensor, as JSON: the step and loop state, the
-  optimizer's parameter groups (LR multipliers, betas, ...), every data lane's sampler state and
-  every rank's RNG states.
+  optimizer's parameter groups (LR multipliers, betas, ...), every data lane's state (with loader
+  workers, the state of each worker's sub-stream as of the last step trained:
+  :meth:`mm1model.data.loader.LaneBatches.lane_states`) and every rank's RNG states.
 
 The trainer keeps its newest ``keep`` checkpoints plus those of its ``save_steps``, which are
 never rotated out (a wsd trunk's, for shorter horizons to branch from: :func:`load_checkpoint_from`).
@@ -51,7 +52,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from mm1model import records
 from mm1model.accelerator import rng_state
 from mm1model.config import ConfigError
-from mm1model.data import PackedStream
+from mm1model.data.loader import LaneBatches
 from mm1model.distributed import Dist, gather_objects
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -205,7 +206,7 @@ class Checkpointer:
         self._pending: tuple[Any, Path, Path] | None = None
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-             lanes: dict[int, PackedStream], blocking: bool = False) -> Path:
+             lanes: LaneBatches, blocking: bool = False) -> Path:
         """Collective: every rank calls it. Returns the checkpoint's final path."""
         self.finish()
         step = int(state["step"])
@@ -217,7 +218,7 @@ class Checkpointer:
         self._barrier()
         tensors, param_groups = _tensor_state(model, optimizer)
         lane_states: dict[str, Any] = {}
-        for part in gather_objects({i: s.state_dict() for i, s in lanes.items()}, self.ddp):
+        for part in gather_objects(lanes.lane_states(), self.ddp):
             lane_states.update({str(i): s for i, s in part.items()})
         trainer = {"format": CHECKPOINT_FORMAT, **state, "world_size": self.ddp.world_size,
                    "param_groups": param_groups, "lanes": lane_states, "rng": gather_objects(rng_state(), self.ddp)}

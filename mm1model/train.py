@@ -61,7 +61,9 @@ applied by :mod:`mm1model.parallelize`. The global batch is ``batch_size / micro
 micro-batches, each drawn from its own data lane (``PackedStream(rank=lane,
 world_size=n_lanes)``); rank r runs lanes r, r + world, ... with gradient accumulation. So the
 sequences of a step do not depend on the world size, and a (sharded, resharding) checkpoint resumes
-at any world size that divides the number of lanes.
+at any world size that divides the number of lanes. With ``data.num_workers`` > 0 the lanes are
+packed ahead of the GPU in DataLoader worker processes, into pinned memory on CUDA
+(:mod:`mm1model.data.loader`); the checkpoint holds every worker's state, so resuming stays exact.
 """
 from __future__ import annotations
 
@@ -79,11 +81,13 @@ import torch
 import torch.distributed as dist
 
 from mm1model import accelerator, records
-from mm1model.checkpoint import (Checkpointer, Preemption, UnreadableCheckpoint, checkpoint_paths, load_checkpoint,
-                                  load_checkpoint_from)
+from mm1model.checkpoint import (PREEMPTION_SIGNALS, Checkpointer, Preemption, UnreadableCheckpoint, checkpoint_paths,
+                                  load_checkpoint, load_checkpoint_from)
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.counting import flops_per_token, image_flops, param_counts
 from mm1model.data import SOURCES, PackedStream, validation_batches
+from mm1model.data.images import normalise_images
+from mm1model.data.loader import LaneBatches
 from mm1model.distributed import Dist, init_distributed
 from mm1model.model import MM1
 from mm1model.parallelize import init_sharded, parallelize
@@ -141,8 +145,9 @@ def forward_backward(model: torch.nn.Module, micro_batches: Iterator[dict[str, A
         if fsdp:
             model.set_requires_gradient_sync(reduce_every_micro_batch or i == n_micro - 1)
         batch = accelerator.to_device(batch, device)
+        images = normalise_images(batch["images"])  # uint8 pixels -> the ViT's floats, on the device
         with accelerator.autocast(device):
-            out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
+            out = model(batch["input_ids"], images=images, labels=batch["labels"],
                         doc_ids=batch["doc_ids"], position_ids=batch["position_ids"])
         (out.loss / n_micro).backward()
         loss_sum += out.loss.detach().float()
@@ -177,7 +182,7 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, Any]], device: torc
         weight = 1.0 if index < len(batches) else 0.0
         batch = accelerator.to_device(batches[min(index, len(batches) - 1)], device)
         with accelerator.autocast(device):
-            out = model(batch["input_ids"], images=batch["images"], labels=batch["labels"],
+            out = model(batch["input_ids"], images=normalise_images(batch["images"]), labels=batch["labels"],
                         doc_ids=batch["doc_ids"], position_ids=batch["position_ids"], per_row=True)
         per_row_loss = out.row_ce_sum.double().cpu()  # (B,)
         per_row_count = out.row_tokens.double().cpu()
@@ -349,7 +354,8 @@ def _train(config: TrainConfig, run_dir: Path, device_type: str, ddp: Dist) -> T
         # write, so such a failure (a ConfigError) leaves no files behind.
         model, _ = build_model(config, device)
         optimizer = build_optimizer(model, config)
-        lanes = {i: PackedStream(config.data, rank=i, world_size=n_lanes, split="train") for i in my_lanes}
+        lanes = LaneBatches(config.data, my_lanes, n_lanes, micro, pin_memory=device.type == "cuda",
+                            ignored_signals=PREEMPTION_SIGNALS)
         val = validation_batches(config.data, config.eval_sequences, config.eval_batch_size or micro)
         # Loading, too, runs before the first write: a bad init_from is a ConfigError like a bad config.
         ckpt = load_checkpoint(run_dir, model, optimizer)
@@ -450,13 +456,12 @@ def _warn_unlike_source(config: TrainConfig, source: Path, step: int) -> None:
                       f"follow a straight run of its config", UserWarning, stacklevel=3)
 
 
-def _restore(ckpt: dict[str, Any], lanes: dict[int, PackedStream], ddp: Dist, n_lanes: int) -> None:
+def _restore(ckpt: dict[str, Any], lanes: LaneBatches, ddp: Dist, n_lanes: int) -> None:
     """The data lanes' and RNG states of a loaded checkpoint (the tensors are loaded already)."""
     if len(ckpt["lanes"]) != n_lanes:
         raise ConfigError(f"the checkpoint has {len(ckpt['lanes'])} data lanes, this run {n_lanes}: "
                           "keep batch_size / micro_batch_size as it was")
-    for i, stream in lanes.items():
-        stream.load_state_dict(ckpt["lanes"][str(i)])
+    lanes.load_lane_states(ckpt["lanes"])
     if len(ckpt["rng"]) == ddp.world_size:  # RNG streams are per rank: only the same world size continues them
         accelerator.set_rng_state(ckpt["rng"][ddp.rank])
 
@@ -482,14 +487,13 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
     final_loss, by_source = None, {}
     model.train()
 
-    micro_size = config.batch_size // (n_micro * ddp.world_size)
     while state["step"] < config.steps:
         step = state["step"]
         t0 = time.time()
         lr = config.optimizer.lr_at(step)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
-        micro_batches = [stream.next_batch(micro_size) for stream in lanes.values()]
+        micro_batches = lanes.next_step()
         images = sum(len(b["images"]) for b in micro_batches)
         loss_sum = forward_backward(model, iter(micro_batches), n_micro, device, config.reduce_every_micro_batch)
         grad_norm = clip_gradients(model, config.optimizer.grad_clip)
@@ -554,6 +558,7 @@ def _loop(config: TrainConfig, run_dir: Path, model, optimizer, lanes, val, stat
                                               "signals": list(preemption.received)})
             preemption.chain()
     checkpointer.finish()
+    lanes.close()
     board.close()
     if progress is not None:
         progress.close()

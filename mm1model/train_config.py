@@ -36,10 +36,11 @@ FINAL_STATUSES = ("ok", "diverged")
 # Keys config.json adds to the TrainConfig fields; load_config drops them.
 RECORD_KEYS = ("params", "param_counts", "model_config", "code_version", "world_size")
 # Fields that may change between a run and its resumption without changing its trajectory
-# (``save_steps`` only adds checkpoints, like ``checkpoint_interval``).
+# (``save_steps`` only adds checkpoints, like ``checkpoint_interval``; ``data.prefetch`` only how far
+# the loader workers run ahead, while ``data.num_workers`` changes the sequences).
 RESUMABLE_CHANGES = ("run_dir", "threads", "steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
                      "save_steps", "async_checkpoint", "log_interval", "tensorboard", "compile",
-                     "activation_checkpointing")
+                     "activation_checkpointing", "data.prefetch")
 
 
 @dataclass

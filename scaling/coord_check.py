@@ -39,6 +39,7 @@ import torch
 from mm1model import records
 from mm1model.config import ConfigError, replace
 from mm1model.data import DataConfig, PackedStream
+from mm1model.data.images import normalise_images
 from mm1model.model import MM1, MM1Config
 from mm1model.paper import ADAM_BETAS, ADAM_EPS, COORD_CHECK_THRESHOLD
 from mm1model.parametrization import PARAMETRIZATIONS, init_parametrized, param_groups, parametrize, set_group_lrs
@@ -146,6 +147,7 @@ def _batches(config: CoordCheckConfig, model_config: MM1Config) -> list[dict[str
                           image_tokens=model_config.tokens_per_image, seed=0)
         stream = PackedStream(data)
         out = [stream.next_batch(config.batch_size) for _ in range(n)]
+        out = [{**b, "images": normalise_images(b["images"])} for b in out]  # the model takes floats
     return out * (config.steps // n)
 
 

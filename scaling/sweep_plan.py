@@ -785,6 +785,7 @@ def describe_plan(plan: SweepPlan) -> str:
                      f"time limit {s.timeout_min} min, partition {s.partition or 'default'}")
     else:
         lines.append(f"resources per job: 1 process, {plan.train.get('threads')} thread(s)")
+    lines.append("data loader: {num_workers} worker(s) per rank, prefetch {prefetch} steps, shuffle buffer {shuffle_buffer} records".format(**plan.train["data"]))
     schedule = plan.train["optimizer"].get("schedule")
     total_steps, total_tokens, total_flops = 0, 0, 0.0
     for sp in plan.sizes:

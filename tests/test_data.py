@@ -19,7 +19,7 @@ from mm1model.data import (DataConfig, MixtureConfig, PackedStream, prepare_corp
                            validation_batches)
 from mm1model.data.corpus import MANIFEST
 from mm1model.data.writers import write_caption_shards, write_interleaved, write_text_docs
-from mm1model.data.images import CLIP_MEAN, CLIP_STD, preprocess
+from mm1model.data.images import CLIP_MEAN, CLIP_STD, normalise, preprocess, resize
 from mm1model.data.mixture import MixtureSampler
 from mm1model.data.stream import clear_document_cache
 from mm1model.data.tokenizer import TOKENIZER_FILE, train_tokenizer
@@ -84,7 +84,8 @@ def test_packed_sequences_follow_the_packing_rules(synthetic_corpus):
         for start in (row == IMAGE_START_ID).nonzero().flatten().tolist():
             assert row[start + 1:start + 1 + k].eq(IMAGE_ID).all()
             assert row[start + 1 + k] == IMAGE_END_ID
-    assert all(img.shape == (3, 32, 32) and img.dtype == torch.float32 for img in batch["images"])
+    # the stream sends uint8 pixels, longer side 32; the trainer normalises them on the device
+    assert all(img.dtype == torch.uint8 and img.shape[0] == 3 and max(img.shape[1:]) == 32 for img in batch["images"])
     assert (batch["source"] == 0).sum() > 0 and (batch["source"] == 1).sum() > 0
     for b in range(64):
         change = torch.ones(128, dtype=torch.bool)
@@ -243,6 +244,10 @@ def test_preprocess_keeps_aspect_pads_with_the_mean_and_normalises():
     assert torch.allclose(out[:, 8:24, :], torch.tensor(expected).view(3, 1, 1), atol=1e-5)
     assert out[:, :8].abs().max() == 0 and out[:, 24:].abs().max() == 0
     assert torch.allclose(out[:, 16, 0], torch.tensor([1.9303, -1.7521, -1.4802]), atol=1e-4)
+    # what the stream caches: uint8, unpadded, a quarter of a float32 pixel (and no padding bytes)
+    pixels = resize(red, 32)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 16, 32) and pixels.nbytes == 1536 == out.nbytes // 8
+    assert torch.equal(normalise(pixels), out)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -15,6 +15,7 @@ import torch
 
 from mm1model.data import (DataConfig, MixtureConfig, PackedStream, default_corpus_dir,
                            load_tokenizer, prepare_corpus)
+from mm1model.data.images import normalise_images
 from mm1model.data.stats import corpus_stats
 from mm1model.tokens import CORPUS_VOCAB_SIZE, IGNORE_INDEX, SPECIAL_TOKENS
 
@@ -112,7 +113,7 @@ def test_no_gradient_crosses_a_document_boundary(corpus):
         return (x, *args[1:])
 
     model.lm.register_forward_pre_hook(capture)
-    logits = model(batch["input_ids"], images=batch["images"], doc_ids=batch["doc_ids"],
+    logits = model(batch["input_ids"], images=normalise_images(batch["images"]), doc_ids=batch["doc_ids"],
                    position_ids=batch["position_ids"]).logits  # (B, T, V)
     token_loss = torch.nn.functional.cross_entropy(
         logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX,

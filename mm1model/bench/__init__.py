@@ -8,6 +8,9 @@
 * ``--gpu [--json]``: the sweep sizes in bf16 with and without torch.compile under FSDP2 on one
   GPU (:mod:`mm1model.bench.gpu`; ``scripts/gpu-bench.sh`` runs it on an H200).
 
+* ``--data [--json]``: packed sequences/s and images/s of the data pipeline with 0, 1, 2 loader
+  workers, beside what a step of each sweep size needs per rank (:mod:`mm1model.bench.data`).
+
 ``--json`` prints one JSON object per line (one per comparison or per benchmarked pair;
 ``--size`` prints one). Bad input prints ``error: ...`` and exits 2.
 """
@@ -25,6 +28,7 @@ from mm1model.bench.compare import (
     format_comparison,
     to_record,
 )
+from mm1model.bench import data as data_bench
 from mm1model.bench.gpu import GPU_SIZES, format_record, gpu_bench
 from mm1model.bench.step import bench, synthetic_batch
 from mm1model.config import ConfigError
@@ -42,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--size", help="benchmark one trainer step of this size (see `scaling sizes`)")
     mode.add_argument("--compare", action="store_true", help="run the head-to-head comparisons")
     mode.add_argument("--gpu", action="store_true", help="the GPU benchmark (bf16, FSDP2, eager and compiled)")
+    mode.add_argument("--data", action="store_true", help="the data pipeline's throughput per loader worker count")
+    parser.add_argument("--workers", type=lambda t: tuple(int(x) for x in _csv(t)), default=(0, 1, 2),
+                        help="--data: loader worker counts (default 0,1,2)")
+    parser.add_argument("--image-size", type=int, default=336, help="--data: ViT input side in pixels (default 336)")
+    parser.add_argument("--image-tokens", type=int, default=paper.IMAGE_TOKENS, help="--data: tokens per image")
+    parser.add_argument("--max-images", type=int, default=paper.MAX_IMAGES, help="--data: images per sequence at most")
+    parser.add_argument("--mfu", type=float, help="--data: MFU of the GPU step the demand assumes (default the planner's)")
+    parser.add_argument("--corpus", help="--data: a prepared corpus directory (default the bundled one)")
     parser.add_argument("--sizes", type=_csv, help="comma-separated sizes for --compare / --gpu")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 128 on CPU, 4096 on GPU)")
     parser.add_argument("--batch-size", type=int, help="global batch in sequences (default 8; --gpu: per size)")
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.gpu:
             return _gpu(args)
+        if args.data:
+            return _data(args)
         return _size(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -125,4 +139,15 @@ def _gpu(args: argparse.Namespace) -> int:
               seq_len=args.seq_len or paper.SEQ_LEN, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
               steps=args.steps or 8, warmup=3 if args.warmup is None else args.warmup, device=args.device,
               compile_backend=args.compile_backend, model=args.model, threads=args.threads, echo=echo)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    echo = (lambda r: print(json.dumps(r), flush=True)) if args.json else (
+        lambda r: print(data_bench.format_record(r), flush=True))
+    data_bench.data_bench(workers=args.workers, sizes=args.sizes or data_bench.SWEEP_SIZES,
+                          mfu=args.mfu or data_bench.DEFAULT_MFU, echo=echo, seq_len=args.seq_len or paper.SEQ_LEN,
+                          image_size=args.image_size, image_tokens=args.image_tokens, max_images=args.max_images,
+                          micro_size=args.batch_size or 8, steps=args.steps or 8,
+                          warmup=1 if args.warmup is None else args.warmup, corpus=args.corpus)
     return 0

@@ -7,7 +7,9 @@
   fixed held-out set.
 
 A :data:`Batch` is a dict: ``input_ids, labels, doc_ids, position_ids`` (B, T) long tensors,
-``images`` a list of (3, S, S) float tensors in placeholder order (row-major over (b, t)), and
+``images`` a list of (3, h, w) uint8 pixel tensors with ``max(h, w) = S`` in placeholder order
+(row-major over (b, t); :func:`~mm1model.data.images.normalise_images` makes the model's
+normalised (3, S, S) floats of them, on the device), and
 ``source`` (B,) long (0 caption, 1 interleaved, 2 text; each sequence draws from one source).
 """
 from mm1model.data.corpus import default_corpus_dir, prepare_corpus, read_manifest

@@ -1,4 +1,5 @@
-"""Image preprocessing: decoded bytes -> a normalised (3, S, S) float tensor for the ViT.
+"""Image preprocessing: decoded bytes -> uint8 pixels (what the stream caches and sends) -> a
+normalised (3, S, S) float tensor for the ViT, made on the device (:func:`normalise`).
 
 The rule is **resize, keep the aspect ratio, pad** (never crop): the longer side is scaled to S
 and the shorter side is padded symmetrically with the CLIP mean colour, which is exactly zero
@@ -8,6 +9,7 @@ names). Transparent images (Tux Paint stamps, emoji) are composited over white f
 """
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -53,19 +55,46 @@ def fit_within(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def preprocess(image: Image.Image, size: int) -> torch.Tensor:
-    """A (3, size, size) float32 tensor: aspect-preserving resize, pad with the mean, normalise."""
+def resize(image: Image.Image, size: int) -> torch.Tensor:
+    """The pixels the stream keeps: a (3, h, w) uint8 tensor, the image resized keeping its aspect
+    ratio so that its longer side is ``size`` (``max(h, w) == size``). 1 byte per pixel and
+    channel, a quarter of the float32 input the ViT takes, and no padding: :func:`normalise`
+    makes that input, on whatever device the tensor is."""
     width, height = image.size
     scale = size / max(width, height)
     resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
                            Image.Resampling.BICUBIC)
-    pixels = np.asarray(resized, dtype=np.float32) / 255.0  # (h, w, 3)
-    pixels = (pixels - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
-    out = torch.zeros(3, size, size)  # zero = the mean colour after normalisation
-    top, left = (size - resized.height) // 2, (size - resized.width) // 2
-    out[:, top:top + resized.height, left:left + resized.width] = torch.from_numpy(
-        np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """The ViT's (3, S, S) float32 input from :func:`resize`'s (3, h, w) uint8 pixels, S = max(h, w),
+    on the pixels' device: CLIP-normalised, centred, padded with zeros (the mean colour)."""
+    _, height, width = pixels.shape
+    size = max(height, width)
+    mean, std = _clip_statistics(pixels.device)
+    out = torch.zeros(3, size, size, device=pixels.device)
+    top, left = (size - height) // 2, (size - width) // 2
+    out[:, top:top + height, left:left + width] = (pixels.float() / 255.0 - mean) / std
     return out  # (3, S, S)
+
+
+@functools.lru_cache(maxsize=8)
+def _clip_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # made once per device: building them per image would be a blocking host-to-GPU copy each
+    return (torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.tensor(CLIP_STD, dtype=torch.float32, device=device).view(3, 1, 1))
+
+
+def normalise_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A :data:`~mm1model.data.Batch`'s ``images`` as the model takes them: uint8 pixels
+    normalised (:func:`normalise`), float images (already normalised) as they are."""
+    return [normalise(i) if i.dtype == torch.uint8 else i for i in images]
+
+
+def preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """A (3, size, size) float32 tensor: aspect-preserving resize, pad with the mean, normalise."""
+    return normalise(resize(image, size))
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:

@@ -28,7 +28,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from mm1model.data.images import preprocess
+from mm1model.data.images import resize
 from mm1model.data.readers import Document
 from mm1model.tokens import EOD_ID, IGNORE_INDEX, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, PAD_ID
 
@@ -39,7 +39,7 @@ class TokenizedDoc:
 
     ids: np.ndarray  # (L,) int64, ends with EOD
     spans: list[tuple[int, int]]  # [start, end) of each image block, IMAGE_START..IMAGE_END
-    images: list[torch.Tensor]  # (3, S, S) each, in stream order
+    images: list[torch.Tensor]  # (3, h, w) uint8 each, max(h, w) = S, in stream order
     atomic: bool  # never split across sequences (image-caption pairs)
 
 
@@ -57,7 +57,7 @@ def tokenize_document(doc: Document, tokenizer, image_tokens: int, image_size: i
             ids = np.full(image_tokens + 2, IMAGE_ID, dtype=np.int64)
             ids[0], ids[-1] = IMAGE_START_ID, IMAGE_END_ID
             spans.append((length, length + len(ids)))
-            images.append(preprocess(part, image_size))
+            images.append(resize(part, image_size))
         pieces.append(ids)
         length += len(ids)
     pieces.append(np.asarray([EOD_ID], dtype=np.int64))

@@ -29,6 +29,7 @@ from PIL import Image
 from mm1model.data.images import decode
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_ID_DECODER = json.JSONDecoder()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,40 +61,43 @@ class CaptionShards:
         self.image_side = image_side
 
     def index(self, skipped: Counter) -> list[RecordRef]:
+        return [ref for path in self.paths for ref in self.index_path(path, skipped)]
+
+    def index_path(self, path: str, skipped: Counter) -> list[RecordRef]:
+        """The records of one shard, in file order."""
         refs = []
-        for path in self.paths:
-            groups: dict[str, dict[str, tuple[int, int]]] = {}
-            size = os.path.getsize(path)
-            truncated = False
-            try:
-                with tarfile.open(path, "r:") as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        if member.offset_data + member.size > size:
-                            truncated = True
-                            break
-                        base = os.path.basename(member.name)
-                        stem, _, ext = base.partition(".")
-                        key = os.path.join(os.path.dirname(member.name), stem)
-                        groups.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
-                    else:
-                        # tarfile takes a header cut short for the end of the archive; a whole
-                        # shard ends with two zero blocks, so their absence means a cut.
-                        truncated = not _has_end_marker(tar.fileobj, tar.offset, size)
-            except (tarfile.TarError, EOFError, OSError):
-                truncated = True
-            if truncated:
-                # Keep the pairs read before the cut; the pair the cut went through is part of
-                # this one skip, not a missing pair of its own.
-                skipped["truncated_tar"] += 1
-                if groups:
-                    groups.popitem()
-            for key, members in groups.items():
-                if "txt" not in members or not any(e in members for e in IMAGE_EXTENSIONS):
-                    skipped["missing_pair"] += 1
-                    continue
-                refs.append(RecordRef(key, path, members))
+        groups: dict[str, dict[str, tuple[int, int]]] = {}
+        size = os.path.getsize(path)
+        truncated = False
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    if member.offset_data + member.size > size:
+                        truncated = True
+                        break
+                    base = os.path.basename(member.name)
+                    stem, _, ext = base.partition(".")
+                    key = os.path.join(os.path.dirname(member.name), stem)
+                    groups.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+                else:
+                    # tarfile takes a header cut short for the end of the archive; a whole
+                    # shard ends with two zero blocks, so their absence means a cut.
+                    truncated = not _has_end_marker(tar.fileobj, tar.offset, size)
+        except (tarfile.TarError, EOFError, OSError):
+            truncated = True
+        if truncated:
+            # Keep the pairs read before the cut; the pair the cut went through is part of
+            # this one skip, not a missing pair of its own.
+            skipped["truncated_tar"] += 1
+            if groups:
+                groups.popitem()
+        for key, members in groups.items():
+            if "txt" not in members or not any(e in members for e in IMAGE_EXTENSIONS):
+                skipped["missing_pair"] += 1
+                continue
+            refs.append(RecordRef(key, path, members))
         return refs
 
     def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
@@ -125,17 +129,19 @@ class InterleavedDocs:
         self._tables: dict[str, Any] = {}
 
     def index(self, skipped: Counter) -> list[RecordRef]:
-        refs = []
-        for path in self.paths:
-            if path.endswith(".parquet"):
-                table = self._table(path)
-                keys = table.column("id").to_pylist() if "id" in table.column_names else None
-                for row in range(table.num_rows):
-                    refs.append(RecordRef(str(keys[row]) if keys else f"{Path(path).name}:{row}",
-                                          path, row))
-            else:
-                refs.extend(_jsonl_refs(path, skipped))
-        return refs
+        return [ref for path in self.paths for ref in self.index_path(path, skipped)]
+
+    def index_path(self, path: str, skipped: Counter) -> list[RecordRef]:
+        """The records of one file, in file order."""
+        if not path.endswith(".parquet"):
+            return _jsonl_refs(path, skipped)
+        table = self._table(path)
+        missing = [c for c in ("texts", "images") if c not in table.column_names]
+        if missing:  # not an OBELICS layout: every record would be skipped
+            raise ValueError(f"{path} has no {' or '.join(missing)} column (OBELICS: id, texts[], images[])")
+        keys = table.column("id").to_pylist() if "id" in table.column_names else None
+        return [RecordRef(str(keys[row]) if keys else f"{Path(path).name}:{row}", path, row)
+                for row in range(table.num_rows)]
 
     def _table(self, path: str):
         if path not in self._tables:
@@ -184,13 +190,13 @@ class TextDocs:
         self.paths = sorted(str(p) for p in paths)
 
     def index(self, skipped: Counter) -> list[RecordRef]:
-        refs = []
-        for path in self.paths:
-            if path.endswith(".jsonl"):
-                refs.extend(_jsonl_refs(path, skipped))
-            else:
-                refs.append(RecordRef(Path(path).name, path, None))
-        return refs
+        return [ref for path in self.paths for ref in self.index_path(path, skipped)]
+
+    def index_path(self, path: str, skipped: Counter) -> list[RecordRef]:
+        """The records of one file, in file order."""
+        if path.endswith(".jsonl"):
+            return _jsonl_refs(path, skipped)
+        return [RecordRef(Path(path).name, path, None)]
 
     def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
         if ref.where is None:
@@ -221,17 +227,27 @@ def _jsonl_refs(path: str, skipped: Counter) -> list[RecordRef]:
         offset, line_no = 0, 0
         for line in handle:
             if line.strip():
-                key = f"{name}:{line_no}"
-                # Cheap key lookup without a full parse: the writers here put "id" first.
-                if line.startswith(b'{"id": '):
-                    try:
-                        key = str(json.loads(line)["id"])
-                    except (ValueError, KeyError):
-                        pass
-                refs.append(RecordRef(key, path, offset))
+                refs.append(RecordRef(_jsonl_key(line) or f"{name}:{line_no}", path, offset))
             offset += len(line)
             line_no += 1
     return refs
+
+
+def _jsonl_key(line: bytes) -> str | None:
+    """The ``id`` of a JSONL line that starts with it (the writers here put it first), without
+    parsing the line: a long document's text is never decoded. None when it does not."""
+    if not line.startswith(b'{"id": '):
+        return None
+    end = line.find(b'"', 8)
+    if line[7:8] == b'"' and end > 0 and b"\\" not in line[8:end]:  # a plain string id
+        return line[8:end].decode("utf-8", "replace")
+    try:
+        return str(_ID_DECODER.raw_decode(line[7:263].decode("utf-8", "ignore"))[0])
+    except ValueError:  # an id of over 256 bytes, or no JSON at all
+        try:
+            return str(json.loads(line)["id"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 def _jsonl_record(ref: RecordRef, skipped: Counter) -> dict | None:

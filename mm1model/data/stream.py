@@ -4,10 +4,28 @@
 rules) and is exactly resumable: its state is the sequence counter plus, per source, the epoch,
 the position in that epoch's order and the token offset into a partly packed document.
 
-Sharding: each source's records of the split are shuffled once per epoch with a permutation
-seeded by (seed, source, epoch); stream ``s`` of ``n`` (``s = rank * num_workers + worker``)
-takes positions ``s, s + n, s + 2n, ...`` of that order, so the streams of one epoch together
-see every record exactly once.
+Order and sharding. Stream ``s`` of ``n`` (``s = rank * num_workers + worker``) reads, per
+source and epoch, the positions ``s, s + n, s + 2n, ...`` of one sequence of the split's records,
+so the streams of one epoch together see every record exactly once. That sequence is:
+
+* for a source whose split holds at most ``DataConfig.shuffle_buffer`` records (every source of
+  the bundled corpus at the default 10,000): a permutation of all of them seeded by (seed, source,
+  epoch), exactly the order of earlier versions, so the bundled corpus's sequences, losses and
+  pinned numbers are unchanged;
+* for a larger source: its files (shards) in a permutation seeded by (seed, source, epoch), each
+  file's records in file order, and the stream's own records then pass through a shuffle buffer of
+  ``shuffle_buffer`` records (webdataset's scheme; :class:`ShuffledShards`). What changes: records
+  of one shard stay near each other within an epoch (a record moves at most about ``buffer x n``
+  positions from its place in the shard sequence), so shards should be written shuffled, as
+  webdataset advises. What does not: every record once per epoch over all streams, a new order
+  every epoch, determinism for a seed, exact resumption from (epoch, position) (a resume replays
+  the epoch's index, never decoding), and the validation split. A stream holds the buffer and its
+  part of one shard's index, never the whole corpus's (:meth:`PackedStream.index_bytes`), and
+  start-up reads only as many files as it takes to find a source larger than the buffer (no
+  pass over the corpus); every stream reads the index of every shard during an epoch (tar
+  headers, Parquet ids, JSONL lines), decoding only its own records. Records that indexing
+  skips (a truncated shard, a pair without its caption) are counted in ``skipped`` only in the
+  files start-up read.
 
 Train/validation split: a record is held out when a hash of its key falls in the first 5% of the
 hash range, so the split depends on the corpus only (never on seed, rank or LR).
@@ -18,9 +36,10 @@ import dataclasses
 import functools
 import hashlib
 import os
+import sys
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +50,7 @@ from mm1model.data.corpus import default_corpus_dir, read_manifest
 from mm1model.data.mixture import SOURCES, MixtureConfig, MixtureSampler
 from mm1model.data.packing import SequenceBuilder, TokenizedDoc, cut, tokenize_document
 from mm1model.data.readers import CaptionShards, InterleavedDocs, RecordRef, TextDocs
+from mm1model.data.sources import SourcesConfig
 from mm1model.data.tokenizer import load_tokenizer
 
 Batch = dict  # input_ids, labels, doc_ids, position_ids (B, T) long; images list; source (B,)
@@ -101,6 +121,12 @@ class DataConfig:
     ``image_tokens``: placeholders per image (None = 144, MM1's). ``image_size``: ViT input side
     in pixels (None = 32). The trainer fills the last two from the model so they always agree.
     ``mixture``: source weights per sequence. ``seed``: order of records and of sources.
+    ``num_workers``: loader worker processes per rank (0 = pack in the training process; see
+    :mod:`mm1model.data.loader`; another value gives other sequences). ``prefetch``: steps each
+    worker packs ahead. ``shuffle_buffer``: records; a source's split of at most this many is
+    permuted whole each epoch, a larger one is read shard by shard through a shuffle buffer of
+    this size (see the module docstring). ``sources``: train on user files where they lie
+    (:mod:`mm1model.data.sources`) instead of the prepared corpus's; the tokenizer stays ``corpus``'s.
     """
 
     corpus: str | None = None
@@ -110,8 +136,18 @@ class DataConfig:
     image_size: int | None = None
     mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)
     seed: int = 0
+    num_workers: int = 0
+    prefetch: int = 2
+    shuffle_buffer: int = 10_000
+    sources: SourcesConfig | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"DataConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
+            raise ConfigError(f"DataConfig.shuffle_buffer must be an integer >= 1, got {self.shuffle_buffer!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 1:
+            raise ConfigError(f"DataConfig.prefetch must be an integer >= 1, got {self.prefetch!r}")
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
             raise ConfigError(f"DataConfig.seq_len must be an integer >= 2, got {self.seq_len!r}")
         if not isinstance(self.max_images, int) or self.max_images < 0:
@@ -124,6 +160,8 @@ class DataConfig:
             raise ConfigError(f"DataConfig.image_size must be >= 4 pixels, got {self.image_size!r}")
         if isinstance(self.mixture, dict):  # built directly from a JSON dict
             object.__setattr__(self, "mixture", MixtureConfig(**self.mixture))
+        if isinstance(self.sources, dict):
+            object.__setattr__(self, "sources", SourcesConfig(**self.sources))
 
     @property
     def corpus_dir(self) -> Path:
@@ -144,22 +182,139 @@ def split_of(key: str) -> str:
     return "val" if digest < VAL_FRACTION * 2**64 else "train"
 
 
-# Each source's record index, per process, keyed by its files and their (mtime, size): a warm
-# sweep worker (scaling.workers) builds it once and the cells it forks inherit it, instead of
+@dataclasses.dataclass
+class SourceIndex:
+    """What a stream keeps of one source's index, per split: the records themselves when the split
+    holds at most ``limit`` of them (``refs[split]``), else None (the split is larger: it is read
+    shard by shard, :class:`ShuffledShards`, and never counted whole)."""
+
+    refs: dict[str, list[RecordRef] | None]
+    skipped: Counter  # what indexing skipped, in the files read to decide
+
+    def records(self, split: str) -> int | None:
+        """The split's record count, None for a split over the limit."""
+        refs = self.refs[split]
+        return None if refs is None else len(refs)
+
+
+# Each source's index, per process, keyed by its files and their (mtime, size): a warm sweep
+# worker (scaling.workers) builds it once and the cells it forks inherit it, instead of
 # re-reading every shard per cell (0.7-1.1 s on the bundled corpus).
-_INDEX_CACHE: dict[tuple, tuple[list[RecordRef], Counter]] = {}
+_INDEX_CACHE: dict[tuple, SourceIndex] = {}
 
 
-def source_index(kind: str, reader: Any, skipped: Counter) -> list[RecordRef]:
-    """``reader.index`` of one source kind, from the process's cache when its files are unchanged;
-    the records it skipped are added to ``skipped`` either way."""
-    key = (kind, tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in reader.paths))
+def source_index(kind: str, reader: Any, limit: int, skipped: Counter) -> SourceIndex:
+    """The :class:`SourceIndex` of one source kind, from the process's cache when its files are
+    unchanged; the records its indexing skipped are added to ``skipped`` either way. Reads files
+    until both splits are known to exceed ``limit`` records (or all are read): it never holds more
+    than ``limit`` records per split plus one file's, and a corpus of billions of records costs
+    no full pass at start-up."""
+    key = (kind, limit, tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in reader.paths))
     if key not in _INDEX_CACHE:
         found: Counter = Counter()
-        _INDEX_CACHE[key] = (reader.index(found), found)
-    refs, found = _INDEX_CACHE[key]
-    skipped.update(found)
-    return refs
+        refs: dict[str, list[RecordRef] | None] = {"train": [], "val": []}
+        for path in reader.paths:
+            if refs["train"] is None and refs["val"] is None:
+                break
+            for ref in reader.index_path(path, found):
+                kept = refs[split_of(ref.key)]
+                if kept is not None:
+                    kept.append(ref)
+                    if len(kept) > limit:
+                        refs[split_of(ref.key)] = None
+        _INDEX_CACHE[key] = SourceIndex(refs, found)
+    index = _INDEX_CACHE[key]
+    skipped.update(index.skipped)
+    return index
+
+
+class ShuffledShards:
+    """One stream's records of one epoch of a source too large to permute whole.
+
+    The source's files (shards) are permuted with a generator seeded by (seed, source, epoch);
+    their records of the split, in file order, form the epoch's sequence, and stream ``s`` of
+    ``n`` takes positions ``s, s + n, ...`` of it (so the streams together see every record once);
+    those pass through a shuffle buffer of ``buffer`` records seeded by (seed, source, epoch,
+    stream), as webdataset does: once full, each record out is a random one of the buffer,
+    replaced by the next in. ``order[pos]`` is the ``pos``-th record out (IndexError past the
+    epoch's end); reading in order is O(1) per record, an earlier position (a resume) replays
+    the epoch from its start, reading indices, never decoding. Memory: the buffer plus this
+    stream's part of one shard's index, whatever the size of the source.
+    """
+
+    def __init__(self, reader: Any, split: str, seed: int, source_id: int, epoch: int,
+                 stream: int, n_streams: int, buffer: int):
+        self.reader, self.split = reader, split
+        self.seeds = (seed, source_id, epoch)
+        self.stream, self.n_streams, self.buffer_size = stream, n_streams, buffer
+        self.buffer: list[RecordRef] = []
+        self.shard_refs: list[RecordRef] = []
+        self._out: Iterator[RecordRef] | None = None
+        self._next = 0  # position of the record _out gives next
+        self._last: RecordRef | None = None
+        self._end: int | None = None  # the epoch's length, once met
+
+    def __getitem__(self, pos: int) -> RecordRef:
+        if pos < 0 or (self._end is not None and pos >= self._end):
+            raise IndexError(pos)
+        if self._next > 0 and pos == self._next - 1:
+            return self._last  # the record last read (ahead, by has)
+        if self._out is None or pos < self._next:
+            self._out, self._next = self._shuffled(), 0
+        while self._next <= pos:
+            try:
+                self._last = next(self._out)
+            except StopIteration:
+                self._end, self._out = self._next, None
+                raise IndexError(pos) from None
+            self._next += 1
+        return self._last
+
+    def has(self, pos: int) -> bool:
+        """Whether the epoch has a ``pos``-th record (reads ahead to it)."""
+        try:
+            self[pos]
+        except IndexError:
+            return False
+        return True
+
+    def index_bytes(self) -> int:
+        """Bytes of the records this order holds (buffer and current shard's index), deep."""
+        return (sys.getsizeof(self.buffer) + sys.getsizeof(self.shard_refs)
+                + sum(_ref_bytes(r) for r in self.buffer) + sum(_ref_bytes(r) for r in self.shard_refs))
+
+    def _own(self) -> Iterator[RecordRef]:
+        shards = np.random.default_rng([*self.seeds, 1]).permutation(len(self.reader.paths))
+        start = 0  # position of the shard's first record in the epoch's sequence
+        for shard in shards:
+            refs = [r for r in self.reader.index_path(self.reader.paths[shard], Counter())
+                    if split_of(r.key) == self.split]
+            self.shard_refs = refs[(self.stream - start) % self.n_streams::self.n_streams]
+            start += len(refs)
+            del refs
+            yield from self.shard_refs
+            self.shard_refs = []
+
+    def _shuffled(self) -> Iterator[RecordRef]:
+        rng = np.random.default_rng([*self.seeds, 2, self.stream])
+        self.buffer = []
+        for ref in self._own():
+            if len(self.buffer) < self.buffer_size:
+                self.buffer.append(ref)
+                continue
+            j = int(rng.integers(self.buffer_size))
+            out, self.buffer[j] = self.buffer[j], ref
+            yield out
+        while self.buffer:
+            j = int(rng.integers(len(self.buffer)))
+            self.buffer[j], self.buffer[-1] = self.buffer[-1], self.buffer[j]
+            yield self.buffer.pop()
+
+
+def _ref_bytes(ref: RecordRef) -> int:
+    where = ref.where
+    extra = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in where.items()) if isinstance(where, dict) else 0
+    return sys.getsizeof(ref) + sys.getsizeof(ref.key) + sys.getsizeof(where) + extra
 
 
 def open_sources(corpus_dir: Path, image_side: int | None = None) -> dict[str, Any]:
@@ -200,30 +355,52 @@ class PackedStream:
                               f"{config.seq_len}: raise seq_len, lower image_tokens, or set max_images = 0")
         self.config, self.split = config, split
         corpus_dir = config.corpus_dir
-        if read_manifest(corpus_dir) is None:
-            raise ConfigError(f"corpus {corpus_dir} is not prepared: run `scaling data prepare"
-                              f"{'' if config.corpus is None else ' --out ' + str(corpus_dir)}`")
-        self.tokenizer = load_tokenizer(corpus_dir)
-        self.readers = open_sources(corpus_dir, config.image_side)
         self.shard, self.num_shards = rank * num_workers + worker, world_size * num_workers
         self.weights = config.mixture.probabilities()
+        if config.sources is not None:
+            self.readers = config.sources.open(config.image_side)
+            where = {kind: f"data.sources.{kind} ({len(r.paths)} files)" for kind, r in self.readers.items()}
+            for kind, weight in zip(SOURCES, self.weights):
+                if weight > 0 and not self.readers[kind].paths:
+                    raise ConfigError(f"data.mixture gives {kind} a weight but data.sources.{kind} names no "
+                                      f"files: add some, or set data.mixture.{kind} = 0")
+        elif read_manifest(corpus_dir) is None:
+            raise ConfigError(f"corpus {corpus_dir} is not prepared: run `scaling data prepare"
+                              f"{'' if config.corpus is None else ' --out ' + str(corpus_dir)}`")
+        else:
+            self.readers = open_sources(corpus_dir, config.image_side)
+            where = {kind: str(corpus_dir) for kind in SOURCES}
+        self.tokenizer = load_tokenizer(corpus_dir)
         self.skipped: Counter = Counter()
-        self.refs: dict[str, list[RecordRef]] = {}
+        # refs[kind]: the split's records of a source small enough to permute whole, else None
+        self.index: dict[str, SourceIndex] = {}
+        self.refs: dict[str, list[RecordRef] | None] = {}
         for kind in SOURCES:
-            refs = [r for r in source_index(kind, self.readers[kind], self.skipped) if split_of(r.key) == split]
-            if self.weights[SOURCES.index(kind)] > 0 and len(refs) < self.num_shards:
-                raise ConfigError(f"source {kind} has {len(refs)} records in split {split} of "
-                                  f"{corpus_dir}, fewer than the {self.num_shards} streams")
-            self.refs[kind] = refs
+            try:
+                index = source_index(kind, self.readers[kind], config.shuffle_buffer, self.skipped)
+            except ConfigError:
+                raise
+            except (OSError, ValueError) as err:  # not a tar / Parquet file at all, unreadable
+                raise ConfigError(f"cannot index the {kind} files of {where[kind]}: "
+                                  f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}") from None
+            records = index.records(split)
+            if records is None and self.num_shards > config.shuffle_buffer:
+                raise ConfigError(f"{self.num_shards} streams read source {kind} through a shuffle buffer of "
+                                  f"{config.shuffle_buffer} records: raise data.shuffle_buffer to at least that")
+            if self.weights[SOURCES.index(kind)] > 0 and records is not None and records < self.num_shards:
+                raise ConfigError(f"source {kind} has {records} records in split {split} of "
+                                  f"{where[kind]}, fewer than the {self.num_shards} streams"
+                                  + (f" (skipped while indexing: {dict(index.skipped)})" if index.skipped else ""))
+            self.index[kind], self.refs[kind] = index, index.refs[split]
         # A rebuilt corpus file (new mtime or size) never hits documents cached from the old one.
         self._stamps = {path: (os.stat(path).st_mtime_ns, os.stat(path).st_size)
                         for reader in self.readers.values() for path in reader.paths}
         self.sampler = MixtureSampler(config.mixture, config.seed, self.shard)
         self.sequence = 0
         self.cursor = {kind: {"epoch": 0, "pos": 0, "offset": 0} for kind in SOURCES}
-        self._orders: dict[tuple[str, int], np.ndarray] = {}
+        self._orders: dict[tuple[str, int], np.ndarray | ShuffledShards] = {}
         self._docs: dict[str, tuple[tuple[int, int], TokenizedDoc]] = {}
-        self._counted: set[tuple[str, int]] = set()
+        self._counted: set[tuple] = set()
         self.counters = self._zero_counters()
 
     # ------------------------------------------------------------------------------ state
@@ -300,36 +477,59 @@ class PackedStream:
         return batch
 
     # ---------------------------------------------------------------------------- helpers
-    def _order(self, kind: str, epoch: int) -> np.ndarray:
-        """This stream's record indices for one epoch of one source."""
+    def _order(self, kind: str, epoch: int) -> np.ndarray | ShuffledShards:
+        """This stream's records of one epoch of one source: indices into ``refs[kind]`` for a
+        source permuted whole, else its :class:`ShuffledShards`."""
         key = (kind, epoch)
         if key not in self._orders:
             source_id = SOURCES.index(kind)
-            perm = np.random.default_rng([self.config.seed, source_id, epoch]).permutation(
-                len(self.refs[kind]))
             self._orders = {k: v for k, v in self._orders.items() if k[0] != kind}
-            self._orders[key] = perm[self.shard::self.num_shards]
+            if self.refs[kind] is None:
+                self._orders[key] = ShuffledShards(self.readers[kind], self.split, self.config.seed, source_id,
+                                                   epoch, self.shard, self.num_shards, self.config.shuffle_buffer)
+            else:
+                perm = np.random.default_rng([self.config.seed, source_id, epoch]).permutation(
+                    len(self.refs[kind]))
+                self._orders[key] = perm[self.shard::self.num_shards]
         return self._orders[key]
+
+    def index_bytes(self) -> int:
+        """Bytes this stream holds of its sources' indices (deep ``sys.getsizeof``): the records of
+        sources permuted whole and their orders, and each shuffled source's buffer and part of its
+        current shard. The readers' lists of file paths (O(files)) are not included."""
+        total = 0
+        for kind in SOURCES:
+            if self.refs[kind] is not None:
+                total += sys.getsizeof(self.refs[kind]) + sum(_ref_bytes(r) for r in self.refs[kind])
+        for order in self._orders.values():
+            total += order.index_bytes() if isinstance(order, ShuffledShards) else order.nbytes
+        return total
 
     def _advance(self, kind: str) -> None:
         cursor = self.cursor[kind]
         cursor["pos"] += 1
         cursor["offset"] = 0
-        if cursor["pos"] >= len(self._order(kind, cursor["epoch"])):
+        order = self._order(kind, cursor["epoch"])
+        if not (order.has(cursor["pos"]) if isinstance(order, ShuffledShards) else cursor["pos"] < len(order)):
             cursor["epoch"] += 1
             cursor["pos"] = 0
 
     def _current(self, kind: str) -> TokenizedDoc:
         """The document under this source's cursor (loaded once, kept while it is consumed)."""
-        misses = 0
+        misses, first_epoch = 0, self.cursor[kind]["epoch"]
         while True:
             cursor = self.cursor[kind]
             where = (cursor["epoch"], cursor["pos"])
             cached = self._docs.get(kind)
             if cached is not None and cached[0] == where:
                 return cached[1]
-            index = int(self._order(kind, where[0])[where[1]])
-            ref = self.refs[kind][index]
+            order = self._order(kind, where[0])
+            if self.refs[kind] is None:
+                ref = order[where[1]]
+                index = (ref.path, ref.key)
+            else:
+                index = int(order[where[1]])
+                ref = self.refs[kind][index]
             cache_key = (kind, ref.path, self._stamps[ref.path], ref.key,
                          self.config.tokens_per_image, self.config.image_side)
             entry = _DOC_CACHE.get(cache_key)
@@ -349,7 +549,9 @@ class PackedStream:
                 self._docs[kind] = (where, tokenized)
                 return tokenized
             misses += 1
-            if misses > len(self.refs[kind]):
+            # a whole epoch without one good record (a large source: counted by its epochs)
+            if misses > (self.index[kind].records(self.split) or 0) and (
+                    self.refs[kind] is not None or self.cursor[kind]["epoch"] > first_epoch + 1):
                 raise ConfigError(f"every {kind} record of split {self.split} is bad "
                                   f"(skipped: {dict(self.skipped)})")
             self._advance(kind)
@@ -384,8 +586,10 @@ def validation_batches(config: DataConfig, n_sequences: int, batch_size: int) ->
     (the batches are read, never changed) and per state of the corpus's manifest, so a warm sweep
     worker packs them once for its cells.
     """
-    manifest = config.corpus_dir / "manifest.json"
-    stamp = (manifest.stat().st_mtime_ns, manifest.stat().st_size) if manifest.exists() else None
+    files = [config.corpus_dir / "manifest.json"]
+    if config.sources is not None:
+        files += [path for kind in SOURCES for path in config.sources.files(kind)]
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in files)
     return _validation_batches(config, n_sequences, batch_size, stamp)
 
 
