@@ -131,3 +131,10 @@ def image_flops(cfg: MM1Config) -> float:
         connector = 2 * k * 2 * c * c + 2 * p * 2 * c * c + 2 * 2 * k * p * c + 2 * k * c * d
     crops = 5 if vit.sub_images else 1
     return float(crops * (2 * patch + 3 * (blocks + connector)))
+
+
+def step_flops(cfg: MM1Config, batch_size: int, seq_len: int, images_per_sequence: float) -> float:
+    """Training FLOPs of one optimizer step: ``batch_size`` sequences of ``seq_len`` LM positions
+    (:func:`flops_per_token`) with ``images_per_sequence`` images each (:func:`image_flops`).
+    Activation checkpointing's recompute is not in it (the planner multiplies it in)."""
+    return batch_size * seq_len * flops_per_token(cfg, seq_len) + batch_size * images_per_sequence * image_flops(cfg)

@@ -41,6 +41,7 @@ from typing import Any
 
 from mm1model import paper
 from mm1model.config import ConfigError
+from mm1model.counting import param_counts, step_flops
 from mm1model.model import Block, MM1Config
 from mm1model.vision import ViTBlock
 from mm1model.paper import GPU_MEMORY_GB, GPU_PEAK_FLOPS
@@ -262,8 +263,6 @@ def _block_params(cfg: MM1Config) -> tuple[int, int, int]:
     built on the meta device (no memory), so the count is the module FSDP2 wraps."""
     import torch
 
-    from mm1model.counting import param_counts
-
     with torch.device("meta"):
         lm_block = sum(p.numel() for p in Block(cfg.lm).parameters())
         vit_block = sum(p.numel() for p in ViTBlock(cfg.vit).parameters())
@@ -281,8 +280,6 @@ def memory_estimate(cfg: MM1Config, *, micro_batch_size: int, seq_len: int, imag
     reduce-scatter per micro-batch, where FSDP2 holds fp32 gradients of every parameter between
     micro-batches (measured: 4 bytes x all parameters per rank). Returns bytes per component.
     """
-    from mm1model.counting import param_counts
-
     p = param_counts(cfg).params_total
     lm_block, vit_block, root = _block_params(cfg)
     w = world_size
@@ -425,13 +422,10 @@ def slurm_parameters(config: PlanConfig, nodes: int, job_name: str, step_time_s:
 def make_plan(config: PlanConfig, model_config: MM1Config | None = None, job_name: str | None = None) -> Plan:
     """Resolve ``config`` into a :class:`Plan` (never raises for a plan that does not fit: the
     plan says so). ``model_config`` defaults to the size's, with ``config.model`` overrides."""
-    from mm1model.counting import flops_per_token, image_flops, param_counts
-
     cfg = model_config or _model_config(config)
     counts = param_counts(cfg)
     images = config.max_images if config.images_per_sequence is None else config.images_per_sequence
-    flops = (config.batch_size * config.seq_len * flops_per_token(cfg, config.seq_len)
-             + config.batch_size * images * image_flops(cfg))
+    flops = step_flops(cfg, config.batch_size, config.seq_len, images)
     usable = config.usable_gb
     nodes = config.nodes
     if nodes is None:

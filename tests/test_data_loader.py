@@ -186,6 +186,7 @@ def test_the_data_bench_reports_supply_per_worker_count_beside_the_planners_dema
     assert [supply0["workers"], supply1["workers"]] == [0, 1] and supply0["sequences"] == 4
     assert supply0["sequences_per_s"] > 0 and supply0["images_per_s"] >= 0
     plan = make_plan(PlanConfig(size="9M", seq_len=256, images_per_sequence=need["images_per_sequence"], nodes=1))
-    assert need["step_time_s"] == plan.step_time_s and need["gpus"] == 8
+    assert not plan.activation_checkpointing  # the planner's step time is the bench's where it keeps activations
+    assert need["step_time_s"] == pytest.approx(plan.step_time_s, rel=1e-12) and need["gpus"] == 8
     assert need["sequences_per_s"] == pytest.approx(512 / 8 / plan.step_time_s)  # MM1's batch over 8 ranks
     assert need["busy"]["1"] == pytest.approx(min(1.0, supply1["sequences_per_s"] / need["sequences_per_s"]))

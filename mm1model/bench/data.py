@@ -7,9 +7,11 @@ cache (a web-scale corpus never revisits a record within an epoch; the bundled c
 from its cache). Untimed warm-up steps first (worker start-up, first decodes), then ``steps``
 timed ones.
 
-Demand: the planner's step time (:func:`scaling.plan.make_plan`: the FLOPs model at ``mfu`` of
-the GPUs' dense bf16 peak) for each sweep size, with the images per sequence measured here; a
-rank needs ``batch_size / world_size`` sequences per step time. ``busy`` is supply / demand,
+Demand: the planner's step time without activation checkpointing (the FLOPs model
+:func:`mm1model.counting.step_flops` at ``mfu`` of the GPUs' dense bf16 peak; the planner's
+``step_time_s`` where it keeps activations, longer where it recomputes them, so this is the most a
+step can ask) for each sweep size, with the images per sequence measured here; a rank needs
+``batch_size / world_size`` sequences per step time. ``busy`` is supply / demand,
 capped at 1: the fraction of the time the GPU would compute if loading did not overlap it
 (with workers it does overlap, so the GPU is busy while supply >= demand).
 """
@@ -21,9 +23,11 @@ from typing import Any, Callable
 from mm1model import paper
 from mm1model.data.loader import LaneBatches
 from mm1model.data.stream import DataConfig, clear_document_cache
-from scaling.plan import DEFAULT_MFU, PlanConfig, make_plan
+from mm1model.counting import step_flops
+from mm1model.sizes import get_size
 
 SWEEP_SIZES = ("9M", "85M", "302M", "1.2B")  # sweeps/mm1.toml's
+DEFAULT_MFU = paper.TORCHTITAN_MFU  # the planner's default
 
 
 def supply(workers: int, seq_len: int = paper.SEQ_LEN, image_size: int = 336,
@@ -56,13 +60,12 @@ def supply(workers: int, seq_len: int = paper.SEQ_LEN, image_size: int = 336,
 def demand(size: str, images_per_sequence: float, seq_len: int = paper.SEQ_LEN, max_images: int = paper.MAX_IMAGES,
            batch_size: int = paper.BATCH_SIZE, gpus: int = 8, gpu: str = "H100", mfu: float = DEFAULT_MFU) -> dict[str, Any]:
     """What one rank consumes per second in the planner's step of ``size`` on one node of ``gpus``."""
-    images = round(images_per_sequence)
-    plan = make_plan(PlanConfig(size=size, batch_size=batch_size, seq_len=seq_len, max_images=max_images,
-                                images_per_sequence=images, nodes=1, gpus_per_node=gpus, gpu=gpu, mfu=mfu))
-    per_rank = batch_size / plan.world_size
-    return {"size": size, "gpu": gpu, "gpus": plan.world_size, "mfu": mfu, "batch_size": batch_size,
-            "images_per_sequence": images, "step_time_s": plan.step_time_s,
-            "sequences_per_s": per_rank / plan.step_time_s, "images_per_s": per_rank * images / plan.step_time_s}
+    images = min(round(images_per_sequence), max_images)
+    step_time = step_flops(get_size(size), batch_size, seq_len, images) / (gpus * paper.GPU_PEAK_FLOPS[gpu] * mfu)
+    per_rank = batch_size / gpus
+    return {"size": size, "gpu": gpu, "gpus": gpus, "mfu": mfu, "batch_size": batch_size,
+            "images_per_sequence": images, "step_time_s": step_time,
+            "sequences_per_s": per_rank / step_time, "images_per_s": per_rank * images / step_time}
 
 
 def data_bench(workers: tuple[int, ...] = (0, 1, 2), sizes: tuple[str, ...] = SWEEP_SIZES, mfu: float = DEFAULT_MFU,
