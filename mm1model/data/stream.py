@@ -101,6 +101,8 @@ class DataConfig:
     ``image_tokens``: placeholders per image (None = 144, MM1's). ``image_size``: ViT input side
     in pixels (None = 32). The trainer fills the last two from the model so they always agree.
     ``mixture``: source weights per sequence. ``seed``: order of records and of sources.
+    ``tokenizer``: a pretrained LM directory whose ``tokenizer.json`` to use (None = the corpus's;
+    the trainer sets it from ``init.lm``).
     """
 
     corpus: str | None = None
@@ -110,6 +112,7 @@ class DataConfig:
     image_size: int | None = None
     mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)
     seed: int = 0
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -203,7 +206,7 @@ class PackedStream:
         if read_manifest(corpus_dir) is None:
             raise ConfigError(f"corpus {corpus_dir} is not prepared: run `scaling data prepare"
                               f"{'' if config.corpus is None else ' --out ' + str(corpus_dir)}`")
-        self.tokenizer = load_tokenizer(corpus_dir)
+        self.tokenizer = load_tokenizer(corpus_dir, config.tokenizer)
         self.readers = open_sources(corpus_dir, config.image_side)
         self.shard, self.num_shards = rank * num_workers + worker, world_size * num_workers
         self.weights = config.mixture.probabilities()
@@ -256,7 +259,7 @@ class PackedStream:
     def __next__(self) -> dict:
         kind = SOURCES[self.sampler.source(self.sequence)]
         self.sequence += 1
-        builder = SequenceBuilder(self.config.seq_len)
+        builder = SequenceBuilder(self.config.seq_len, self.tokenizer.special)
         max_images = self.config.max_images
         while builder.space > 0:
             doc = self._current(kind)
@@ -331,7 +334,7 @@ class PackedStream:
             index = int(self._order(kind, where[0])[where[1]])
             ref = self.refs[kind][index]
             cache_key = (kind, ref.path, self._stamps[ref.path], ref.key,
-                         self.config.tokens_per_image, self.config.image_side)
+                         self.config.tokens_per_image, self.config.image_side, self.config.tokenizer)
             entry = _DOC_CACHE.get(cache_key)
             if entry is None:
                 reasons: Counter = Counter()
