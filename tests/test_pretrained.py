@@ -38,11 +38,11 @@ LINES = ["In the beginning God created the heaven and the earth.", "Emma Woodhou
 GQA = {"lm": {"n_kv_heads": 2}}  # the 100K size with the checkpoints' 2 KV heads
 
 
-def llama(path, tie: bool, shard: bool):
+def llama(path, tie: bool, shard: bool, kv_heads: int = 2):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     config = transformers.LlamaConfig(vocab_size=EMBEDDING_ROWS, hidden_size=64, intermediate_size=168,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv_heads,
                                       rope_theta=5e5, rms_norm_eps=1e-6, tie_word_embeddings=tie,
                                       initializer_range=0.2, eos_token_id=2, bos_token_id=1)
     torch.manual_seed(1)
@@ -60,9 +60,11 @@ def llama(path, tie: bool, shard: bool):
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    """Two LMs (tied, one file; untied, sharded with an index) and a CLIP ViT at 16 px."""
+    """Two LMs (tied, one file; untied, sharded with an index) and a CLIP ViT at 16 px; and an LM
+    of exactly the 100K size's shape (multi-head) for `scaling launch`, which takes no model overrides."""
     root = tmp_path_factory.mktemp("hf")
     tied, untied = llama(root / "tied", tie=True, shard=False), llama(root / "untied", tie=False, shard=True)
+    llama(root / "mha", tie=True, shard=False, kv_heads=4)
     vision = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                                            num_attention_heads=4, image_size=16, patch_size=8,
                                            hidden_act="quick_gelu", layer_norm_eps=1e-6)
@@ -260,3 +262,26 @@ def test_freezing_leaves_a_tower_out_of_the_optimizer(hf):
     assert sorted({names[id(p)].split(".")[0] for g in groups for p in g["params"]}) == ["connector", "vit"]
     assert from_dict(InitConfig, {"freeze_vit": True}).origin() == {"lm": "random", "vit": "random",
                                                                    "connector": "random"}
+
+
+def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf, corpus, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+
+    from scaling.cli import main
+
+    lm, vit = str(hf["root"] / "mha"), str(hf["root"] / "clip")
+    args = ["launch", "--size", "100K", "--reference", "mm1", "--executor", "local", "--corpus", corpus,
+            "--steps", "10", "--batch-size", "8", "--seq-len", "128", "--out", str(tmp_path / "l")]
+    result = CliRunner().invoke(main, [*args, "--init-lm", lm, "--init-vit", vit, "--freeze-vit", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["weights"] == {"lm": lm, "vit": vit, "connector": "random"} == summary["recipe"]["weights"]
+    assert any(n.startswith("weights: the lm and vit start pretrained, but the peak LR comes from MM1's published law")
+               for n in summary["recipe"]["notes"])
+    text = CliRunner().invoke(main, [*args, "--init-lm", lm, "--dry-run"]).stdout
+    assert f"weights    lm {lm}, vit random, connector random" in text
+    assert "weights    lm random, vit random, connector random" in CliRunner().invoke(main, [*args, "--dry-run"]).stdout
+    for checkpoint, message in ((tmp_path, "no config.json"), (hf["root"] / "tied", "num_key_value_heads is 2")):
+        bad = CliRunner().invoke(main, [*args, "--init-lm", str(checkpoint), "--dry-run"])
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr
+    assert not (tmp_path / "l").exists()
