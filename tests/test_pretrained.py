@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace as dataclass_replace
 
 import pytest
 import torch
@@ -285,3 +286,32 @@ def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf,
         bad = CliRunner().invoke(main, [*args, "--init-lm", str(checkpoint), "--dry-run"])
         assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr
     assert not (tmp_path / "l").exists()
+
+
+def test_the_size_table_names_checkpoints_of_its_shapes(tmp_path):
+    """The table's exact-shape entries against those checkpoints' published config.json values."""
+    from mm1model.pretrained import check_lm_shape, check_vit_shape, read_clip
+    from mm1model.sizes import get_size, pretrained_starts, size_table
+
+    mistral = {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "rope_theta": 10000.0,
+               "rms_norm_eps": 1e-5, "eos_token_id": 2, "tie_word_embeddings": False, "hidden_act": "silu"}
+    (tmp_path / "mistral").mkdir()
+    (tmp_path / "mistral" / "config.json").write_text(json.dumps(mistral))
+    seven = get_size("7B").lm
+    check_lm_shape(dataclass_replace(seven, vocab_size=32003), read_llama(tmp_path / "mistral"))
+    assert pretrained_starts("7B")["lm"].startswith("mistralai/Mistral-7B-v0.1, exact shape")
+    clip_l = {"model_type": "clip", "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24,
+              "num_attention_heads": 16, "intermediate_size": 4096, "patch_size": 14, "image_size": 336,
+              "hidden_act": "quick_gelu"}}
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text(json.dumps(clip_l))
+    save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(1)}, tmp_path / "clip" / "model.safetensors")
+    pretrained = read_clip(tmp_path / "clip")
+    assert (pretrained.prefix, pretrained.activation) == ("vision_model.", "quick_gelu")
+    for size in ("9M", "85M", "302M", "1.2B"):
+        check_vit_shape(get_size(size).vit, pretrained)
+    rows = {r["name"]: r for r in size_table()}
+    assert rows["9M"]["pretrained_vit"].startswith("openai/clip-vit-large-patch14-336")
+    assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14") and "interpolated to 378" in rows["30B"]["pretrained_vit"]
+    assert rows["85M"]["pretrained_lm"].startswith("none")
