@@ -315,3 +315,14 @@ def test_the_size_table_names_checkpoints_of_its_shapes(tmp_path):
     assert rows["9M"]["pretrained_vit"].startswith("openai/clip-vit-large-patch14-336")
     assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14") and "interpolated to 378" in rows["30B"]["pretrained_vit"]
     assert rows["85M"]["pretrained_lm"].startswith("none")
+
+
+def test_a_sweep_starts_every_cell_from_the_checkpoints(hf, corpus):  # noqa: F811
+    from scaling.sweep_plan import load_sweep_config, plan_sweep
+
+    lm = str(hf["root"] / "mha")
+    flags = dict(lrs=(1e-3, 3e-3), steps=2, shape={"batch_size": 8, "seq_len": 128}, init={"lm": lm})
+    plan = plan_sweep(load_sweep_config(sizes=("100K",), **flags))
+    assert [plan.cell_train(c)["init"]["lm"] for c in plan.cells()] == [lm, lm]
+    with pytest.raises(ConfigError, match=r"hidden_size is 64, the model's lm.d_model 96 \(size 300K\)"):
+        plan_sweep(load_sweep_config(sizes=("100K", "300K"), **flags))  # one checkpoint cannot start two sizes
