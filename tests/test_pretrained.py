@@ -25,7 +25,8 @@ from mm1model.data import PackedStream
 from mm1model.data.tokenizer import load_tokenizer
 from mm1model.model import MM1
 from mm1model.parametrization import freeze_towers, param_groups
-from mm1model.pretrained import MEAN_CHUNK_ROWS, load_pretrained, read_llama
+from mm1model.pretrained import load_pretrained, read_llama
+from mm1model.shard_loading import MEAN_CHUNK_ROWS
 from mm1model.train import build_model, resolve, train
 from mm1model.train_config import InitConfig, TrainConfig, model_config
 
@@ -121,8 +122,8 @@ def test_our_vit_gives_clip_patch_features(hf, side):
 def test_training_from_the_loaded_weights_starts_at_their_loss_and_freezing_keeps_a_tower(hf, corpus, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
     init = {"lm": str(hf["root"] / "tied"), "vit": str(hf["root"] / "clip"), "freeze_vit": True}
-    config = small(corpus, run_dir, model=GQA, init=init, steps=3, checkpoint_interval=2, eval_interval=0,
-                   eval_sequences=8)
+    config = small(corpus, run_dir, model=GQA, init=init, steps=3, warmup_steps=1, checkpoint_interval=2,
+                   eval_interval=0, eval_sequences=8)
     resolved = resolve(config)
     assert resolved.data.tokenizer == init["lm"]
     # the first batch the trainer draws, tokenized with the checkpoint's tokenizer
