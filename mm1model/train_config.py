@@ -370,8 +370,8 @@ def pretrained_overrides(config: TrainConfig) -> dict[str, Any]:
         for key, value in values.items():
             given = config.model.get(tower, {}).get(key, value)
             if given != value:
-                raise ConfigError(f"model.{tower}.{key}={given!r} disagrees with init.{tower}'s {value!r}: the checkpoint "
-                                  f"decides it, leave it out")
+                raise ConfigError(f"model.{tower}.{key}={given!r} disagrees with init.{tower}'s {value!r}: "
+                                  "the checkpoint decides it, leave it out")
     return out
 
 

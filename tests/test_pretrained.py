@@ -119,7 +119,8 @@ def test_our_vit_gives_clip_patch_features(hf, side):
     torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_training_from_the_loaded_weights_starts_at_their_loss_and_freezing_keeps_a_tower(hf, corpus, tmp_path):  # noqa: F811
+def test_training_from_the_loaded_weights_starts_at_their_loss_and_freezing_keeps_a_tower(
+        hf, corpus, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
     init = {"lm": str(hf["root"] / "tied"), "vit": str(hf["root"] / "clip"), "freeze_vit": True}
     config = small(corpus, run_dir, model=GQA, init=init, steps=3, warmup_steps=1, checkpoint_interval=2,
@@ -274,7 +275,8 @@ def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf,
     lm, vit = str(hf["root"] / "mha"), str(hf["root"] / "clip")
     args = ["launch", "--size", "100K", "--reference", "mm1", "--executor", "local", "--corpus", corpus,
             "--steps", "10", "--batch-size", "8", "--seq-len", "128", "--out", str(tmp_path / "l")]
-    result = CliRunner().invoke(main, [*args, "--init-lm", lm, "--init-vit", vit, "--freeze-vit", "--dry-run", "--json"])
+    result = CliRunner().invoke(main, [*args, "--init-lm", lm, "--init-vit", vit, "--freeze-vit", "--dry-run",
+                                       "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["weights"] == {"lm": lm, "vit": vit, "connector": "random"} == summary["recipe"]["weights"]
@@ -307,14 +309,16 @@ def test_the_size_table_names_checkpoints_of_its_shapes(tmp_path):
               "hidden_act": "quick_gelu"}}
     (tmp_path / "clip").mkdir()
     (tmp_path / "clip" / "config.json").write_text(json.dumps(clip_l))
-    save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(1)}, tmp_path / "clip" / "model.safetensors")
+    save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(1)},
+              tmp_path / "clip" / "model.safetensors")
     pretrained = read_clip(tmp_path / "clip")
     assert (pretrained.prefix, pretrained.activation) == ("vision_model.", "quick_gelu")
     for size in ("9M", "85M", "302M", "1.2B"):
         check_vit_shape(get_size(size).vit, pretrained)
     rows = {r["name"]: r for r in size_table()}
     assert rows["9M"]["pretrained_vit"].startswith("openai/clip-vit-large-patch14-336")
-    assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14") and "interpolated to 378" in rows["30B"]["pretrained_vit"]
+    assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14")
+    assert "interpolated to 378" in rows["30B"]["pretrained_vit"]
     assert rows["85M"]["pretrained_lm"].startswith("none")
 
 
