@@ -37,14 +37,8 @@ from mm1model import records
 from mm1model.checkpoint import SafeReader, checkpoint_paths, read_trainer_state
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.model import MM1, LMConfig, MM1Config
+from mm1model.pretrained import LLAMA_BLOCK_NAMES
 from mm1model.train_config import load_config, model_config
-
-# Our LM block's parameter names -> transformers' LlamaDecoderLayer's.
-_LLAMA_BLOCK = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-                "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-                "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
-                "feed_forward.w2": "mlp.down_proj", "attention_norm": "input_layernorm",
-                "ffn_norm": "post_attention_layernorm"}
 
 
 def llama_config(lm: LMConfig, max_position_embeddings: int) -> dict:
@@ -65,7 +59,7 @@ def llama_state_dict(model: MM1) -> dict[str, torch.Tensor]:
     """Our LM's weights under ``LlamaForCausalLM``'s names (no copy of a tied head)."""
     out = {"model.embed_tokens.weight": model.lm.tok_embeddings.weight, "model.norm.weight": model.lm.norm.weight}
     for i, block in enumerate(model.lm.blocks):
-        for ours, theirs in _LLAMA_BLOCK.items():
+        for ours, theirs in LLAMA_BLOCK_NAMES.items():
             out[f"model.layers.{i}.{theirs}.weight"] = block.get_submodule(ours).weight
     if not model.config.lm.tie_embeddings:
         out["lm_head.weight"] = model.lm.output.weight

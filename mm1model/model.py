@@ -100,7 +100,9 @@ class MM1Config:
     """One MM1 model: the LM, the image encoder and the connector between them.
 
     ``name`` is the size name (e.g. ``"85M"``, N = the LM's non-embedding parameters);
-    ``source`` says where the shape comes from.
+    ``source`` says where the shape comes from. ``image_id``: the token id of an image
+    placeholder, the bundled tokenizer's IMAGE_ID by default; a pretrained LM's is the first row
+    its vocabulary grew by (:func:`mm1model.tokens.checkpoint_special_ids`).
 
     ``parametrization``: ``sp`` (standard), ``mup`` (width transfer) or ``completep`` (width and
     depth transfer), relative to the size named ``base_size`` (required for mup / completep,
@@ -120,8 +122,12 @@ class MM1Config:
     parametrization: str = "sp"
     base_size: str | None = None
     alpha: float = 1.0
+    image_id: int = IMAGE_ID
 
     def __post_init__(self) -> None:
+        if not 0 <= self.image_id < self.lm.vocab_size:
+            raise ConfigError(f"image_id {self.image_id} must be a token id of the vocabulary (lm.vocab_size "
+                              f"{self.lm.vocab_size})")
         if self.connector.kind == "attention_pool" and self.vit.width % self.connector.n_heads:
             raise ConfigError(f"connector.n_heads {self.connector.n_heads} must divide vit.width {self.vit.width}")
 
@@ -268,11 +274,12 @@ class MM1Output:
     row_tokens: torch.Tensor | None = None  # (B,) labelled positions per row (``per_row``)
 
 
-def check_image_placeholders(input_ids: torch.Tensor, n_images: int, tokens_per_image: int) -> None:
-    """ValueError unless ``input_ids`` (B, T) hold ``n_images x tokens_per_image`` IMAGE_ID
+def check_image_placeholders(input_ids: torch.Tensor, n_images: int, tokens_per_image: int,
+                             image_id: int = IMAGE_ID) -> None:
+    """ValueError unless ``input_ids`` (B, T) hold ``n_images x tokens_per_image`` ``image_id``
     placeholders. Reads the ids: call it where they are on the host (a trainer, on the batch
     before it goes to the GPU); :meth:`MM1.forward` calls it for CPU ids only."""
-    n_slots = int((input_ids == IMAGE_ID).sum())
+    n_slots = int((input_ids == image_id).sum())
     if n_slots != n_images * tokens_per_image:
         raise ValueError(f"{n_slots} image placeholders for {n_images} images of {tokens_per_image} tokens each")
 
@@ -384,10 +391,10 @@ class MM1(nn.Module):
                 per_row: bool = False) -> MM1Output:
         b, t = input_ids.shape
         x = self.lm.embed(input_ids)  # (B, T, C)
-        placeholders = input_ids == IMAGE_ID  # (B, T)
+        placeholders = input_ids == self.config.image_id  # (B, T)
         images = [] if images is None else list(images)
         if input_ids.device.type == "cpu":  # free here; on a GPU it would be a host sync per forward
-            check_image_placeholders(input_ids, len(images), self.config.tokens_per_image)
+            check_image_placeholders(input_ids, len(images), self.config.tokens_per_image, self.config.image_id)
         if images:
             tokens = self.image_features(images).to(x.dtype)  # (n_images * tokens_per_image, C)
             x = x.masked_scatter(placeholders[..., None], tokens)  # row-major order = placeholder order

@@ -100,8 +100,26 @@ class ParamRule:
     init_std: float | None
 
 
+def unwrapped_name(name: str) -> str:
+    """A parameter's name without the wrappers parallelize.py may add (activation checkpointing,
+    compile): the name on the unwrapped MM1."""
+    return _WRAPPER_PARTS.sub("", name)
+
+
 def _canonical(name: str) -> str:
-    return _BLOCK_INDEX.sub(r"\1.0.", _WRAPPER_PARTS.sub("", name))
+    return _BLOCK_INDEX.sub(r"\1.0.", unwrapped_name(name))
+
+
+def freeze_towers(model: nn.Module, lm: bool = False, vit: bool = False) -> nn.Module:
+    """Freeze the LM (embeddings, blocks, final norm, head) and / or the ViT of ``model``:
+    ``requires_grad`` False, so :func:`param_rules` (hence :func:`param_groups`, the optimizer's
+    groups, and :func:`init_parametrized`) leave those parameters out, and they get no gradient.
+    MM1 trains both towers (all unfrozen); freezing the ViT is what LLaVA-style recipes do. Call
+    it before :func:`mm1model.parallelize.parallelize`. Returns the model."""
+    for tower, frozen in ((model.lm, lm), (model.vit, vit)):
+        if frozen:
+            tower.requires_grad_(False)
+    return model
 
 
 def base_config(config: MM1Config) -> MM1Config:

@@ -139,6 +139,35 @@ SIZES: dict[str, MM1Config] = {
     "gd48": _gpu_family("gd48", 1024, 48),
 }
 
+# Which public checkpoint each size can start from (``TrainConfig.init``, mm1model.pretrained):
+# the size keeps its shape and a checkpoint must match it, so an entry names a checkpoint of the
+# size's shape, or the ``model.lm`` overrides that give the checkpoint's shape, or says there is
+# none (then sweep and train from scratch). Keyed by size (LM) and by the ViT's shape.
+NO_PUBLIC_LM = "none in Llama format at this shape: starts from scratch"
+PRETRAINED_LM = {
+    "1.2B": "TinyLlama/TinyLlama-1.1B (d 2048, 32 heads, ffn 5632) with a train config's model.lm n_layers 22, "
+            "n_kv_heads 4 (N 0.97B)",
+    "3B": "none: Llama-3.2-3B (d 3072, ffn 8192) uses llama3 RoPE scaling, which the LM does not compute",
+    "7B": "mistralai/Mistral-7B-v0.1, exact shape (its 4096-token sliding window covers MM1's sequence)",
+    "30B": "huggyllama/llama-30b (LLaMA-30B) with a train config's model.lm n_layers 60 (N 32.1B)",
+}
+_PRETRAINED_VIT = {  # (width, n_layers, patch_size, image_size) -> a CLIP checkpoint of that shape
+    (1024, 24, 14, 336): "openai/clip-vit-large-patch14-336, exact (QuickGELU)",
+    (1280, 32, 14, 378): "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (GELU; 224 px, position embeddings interpolated "
+                         "to 378); apple/DFN5B-CLIP-ViT-H-14-378 is in open_clip's format, not read",
+    (768, 12, 16, 224): "openai/clip-vit-base-patch16, exact (QuickGELU)",
+}
+NO_PUBLIC_VIT = "none at this shape: starts from scratch"
+
+
+def pretrained_starts(name: str) -> dict[str, str]:
+    """``{"lm": ..., "vit": ...}``: the public checkpoint each tower of size ``name`` can start
+    from (:data:`PRETRAINED_LM`, the ViT's shape), or that there is none."""
+    vit = get_size(name).vit
+    return {"lm": PRETRAINED_LM.get(name, NO_PUBLIC_LM),
+            "vit": _PRETRAINED_VIT.get((vit.width, vit.n_layers, vit.patch_size, vit.image_size), NO_PUBLIC_VIT)}
+
+
 FAMILIES = ("mm1", "width", "depth")
 _FAMILY_OF = {**{name: "mm1" for name in SIZES},
               **{name: "width" for name in ("w32", "w64", "w128", "w256", "gw256", "gw512", "gw1024", "gw2048")},
@@ -186,7 +215,8 @@ def get_size(name: str) -> MM1Config:
 def size_table(names: list[str] | None = None) -> list[dict]:
     """One JSON-ready row per size (the ``mm1`` family by default, in table order): its family and the parameter counts
     of :func:`mm1model.counting.param_counts` and the shape. ``image_tokens`` is the LM
-    positions one image takes (``MM1Config.tokens_per_image``)."""
+    positions one image takes (``MM1Config.tokens_per_image``); ``pretrained_lm`` / ``pretrained_vit``
+    the public checkpoints it can start from (:func:`pretrained_starts`)."""
     rows = []
     for name in names or size_names():
         cfg = get_size(name)
@@ -196,5 +226,7 @@ def size_table(names: list[str] | None = None) -> list[dict]:
                    tie_embeddings=cfg.lm.tie_embeddings, image_tokens=cfg.tokens_per_image,
                    image_size=cfg.vit.image_size, patch_size=cfg.vit.patch_size, vit_width=cfg.vit.width,
                    vit_layers=cfg.vit.n_layers, connector=cfg.connector.kind, source=cfg.source)
+        starts = pretrained_starts(name)
+        row.update(pretrained_lm=starts["lm"], pretrained_vit=starts["vit"])
         rows.append(row)
     return rows

@@ -91,9 +91,10 @@ from mm1model.data.loader import LaneBatches
 from mm1model.distributed import Dist, init_distributed
 from mm1model.model import MM1
 from mm1model.parallelize import init_sharded, parallelize
-from mm1model.parametrization import init_parametrized, param_groups, set_group_lrs
+from mm1model.parametrization import freeze_towers, init_parametrized, param_groups, set_group_lrs
+from mm1model.pretrained import load_pretrained
 from mm1model.trackers import TensorBoardLog
-from mm1model.train_config import (FINAL_STATUSES, RECORD_KEYS, RESUMABLE_CHANGES, TrainConfig, TrainResult,
+from mm1model.train_config import (FINAL_STATUSES, RECORD_KEYS, RESUMABLE_CHANGES, InitConfig, TrainConfig, TrainResult,
                                    load_config, lr_multiplier, model_config, resolve, torch_weight_decay)
 
 # Re-exported: `from mm1model.train import TrainConfig, train` is the trainer's public API.
@@ -209,6 +210,10 @@ def build_model(config: TrainConfig, device: torch.device):
     size. The exception is a multi-GPU run of a model with untied embeddings (the paper sizes):
     it is built on the meta device, sharded, then initialised shard by shard on the GPU, because
     a full fp32 copy per rank would not fit in host memory at 30B.
+
+    With ``config.init`` the pretrained towers are then loaded over that init
+    (:func:`mm1model.pretrained.load_pretrained`: into the full model on the host, or tensor by
+    tensor into each rank's shards on the meta path) and the frozen towers frozen.
     """
     mcfg = model_config(config)
     ranks = dist.get_world_size() if dist.is_initialized() else 1
@@ -218,12 +223,15 @@ def build_model(config: TrainConfig, device: torch.device):
         model = MM1(mcfg)  # the constructor runs init_weights from the seed just set
     init_parametrized(model)
     if not meta:
+        load_pretrained(model, config.init.lm, config.init.vit)
         model.to(device)
+    freeze_towers(model, lm=config.init.freeze_lm, vit=config.init.freeze_vit)
     parallelize(model, device_type=device.type, activation_checkpointing=config.activation_checkpointing,
                 compile=config.compile)
     if meta:
         model.to_empty(device=device)
         init_sharded(model, config.seed)  # each parameter drawn whole, this rank's shard kept
+        load_pretrained(model, config.init.lm, config.init.vit)  # each rank reads its own rows
     return model, mcfg
 
 
@@ -285,8 +293,10 @@ def _differing(resolved: TrainConfig, recorded: dict[str, Any], ignored: tuple[s
     """The full keys in which a run's config.json and a config differ, but for ``ignored``."""
     now = _flat(to_dict(resolved))
     before = _flat({k: v for k, v in recorded.items() if k not in RECORD_KEYS})
+    # a key recorded before its field existed (e.g. init.freeze_lm) reads as the field's default
+    defaults = _flat(to_dict(TrainConfig()))
     return sorted(k for k in set(now) | set(before)
-                  if k not in ignored and records.dumps(now.get(k)) != records.dumps(before.get(k)))
+                  if k not in ignored and records.dumps(now.get(k)) != records.dumps(before.get(k, defaults.get(k))))
 
 
 def _check_same_run(run_dir: Path, resolved: TrainConfig) -> None:
@@ -414,6 +424,12 @@ def _load_init_from(config: TrainConfig, model, optimizer, n_lanes: int) -> dict
     if not path.is_dir():
         raise ConfigError(f"init_from {path} does not exist or is not a directory: give a checkpoint directory "
                           "such as TRUNK_RUN_DIR/checkpoints/step_00000480")
+    source_config = source_run_dir(path) / "config.json"
+    trunk_init = records.read_json(source_config).get("init", {}) if source_config.is_file() else {}
+    if {**to_dict(InitConfig()), **trunk_init} != to_dict(config.init):
+        # the weights come from the trunk: an init other than the trunk's would be recorded but never loaded
+        raise ConfigError(f"init {to_dict(config.init)} disagrees with the init {trunk_init} of init_from's run "
+                          f"{source_run_dir(path)}: a branch starts from its trunk's weights; give the trunk's init")
     own_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         ckpt = load_checkpoint_from(path, model, optimizer)

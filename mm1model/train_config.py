@@ -28,6 +28,7 @@ from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.data import DataConfig
 from mm1model.model import MM1Config
 from mm1model.parametrization import parametrize
+from mm1model.pretrained import check_lm_shape, check_vit_shape, read_clip, read_llama
 from mm1model.sizes import get_size
 
 SCHEDULES = ("cosine", "wsd")
@@ -117,6 +118,41 @@ class OptimizerConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where a run's weights start (MM1: both towers pretrained, trained unfrozen).
+
+    ``lm``: a Hugging Face Llama-format directory (config.json, safetensors, tokenizer.json):
+    its weights start the LM, its tokenizer tokenizes the data, its vocabulary grows by the three
+    image tokens (:mod:`mm1model.pretrained`). ``vit``: a Hugging Face CLIPVisionModel / CLIPModel
+    directory for the image encoder. None = random init from ``TrainConfig.seed`` (the connector
+    always starts random). The size keeps naming the shape, and must match each checkpoint's
+    (a mismatch is a ConfigError naming the field). ``freeze_lm`` / ``freeze_vit``: keep that tower's
+    weights fixed (no gradient, not in the optimizer; :func:`mm1model.parametrization.freeze_towers`).
+    ``TrainConfig.init_from`` (a branch from a run's checkpoint) may be set too: the branch's
+    weights are the trunk's, which must have started from the same ``init``."""
+
+    lm: str | None = None
+    vit: str | None = None
+    freeze_lm: bool = False
+    freeze_vit: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("lm", "vit"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ConfigError(f"init.{key} must be a checkpoint directory or null, got an empty string")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether any tower starts from a checkpoint."""
+        return self.lm is not None or self.vit is not None
+
+    def origin(self) -> dict[str, str]:
+        """Where each tower's weights come from, for records: a checkpoint path or ``random``."""
+        return {"lm": self.lm or "random", "vit": self.vit or "random", "connector": "random"}
+
+
+@dataclass
 class TrainConfig:
     """One training run. Defaults are MM1's pre-training recipe (batch 512 x 4096, 200k steps).
 
@@ -150,6 +186,7 @@ class TrainConfig:
     settings) from that step on. It is part of the run's identity. A wsd run to T branched at
     T's ``cooldown_start`` from a longer wsd run with the same settings reproduces a straight run
     to T bit for bit on CPU at a fixed thread count.
+    ``init``: pretrained weights for the LM and the ViT, and per-tower freezing (:class:`InitConfig`).
     """
 
     size: str = "100K"
@@ -178,6 +215,7 @@ class TrainConfig:
     device: str | None = None
     save_steps: tuple[int, ...] = ()
     init_from: str | None = None
+    init: InitConfig = field(default_factory=InitConfig)
     run_dir: str = "runs/train"
 
     def __post_init__(self) -> None:
@@ -317,18 +355,51 @@ def _strip_non_init(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pretrained_overrides(config: TrainConfig) -> dict[str, Any]:
+    """The model fields ``config.init``'s checkpoints decide (nested like ``model``): the LM's grown
+    vocabulary, tied head, rope theta, norm epsilon and image placeholder id; the ViT's activation
+    and norm epsilon. ConfigError where ``model`` sets one of them to another value."""
+    out: dict[str, Any] = {}
+    if config.init.lm is not None:
+        lm = read_llama(config.init.lm)
+        out = {"lm": lm.lm_fields(), "image_id": lm.special.image}
+    if config.init.vit is not None:
+        out["vit"] = read_clip(config.init.vit).vit_fields()
+    for tower, values in out.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            given = config.model.get(tower, {}).get(key, value)
+            if given != value:
+                raise ConfigError(f"model.{tower}.{key}={given!r} disagrees with init.{tower}'s {value!r}: "
+                                  "the checkpoint decides it, leave it out")
+    return out
+
+
 def model_config(config: TrainConfig) -> MM1Config:
     """The :class:`MM1Config` a run trains: the size's, then ``model`` overrides, then z_loss,
-    then the parametrization's forward multipliers (:func:`mm1model.parametrization.parametrize`)."""
+    then what ``init``'s checkpoints decide (:func:`pretrained_overrides`; their shapes checked
+    against the result), then the parametrization's forward multipliers
+    (:func:`mm1model.parametrization.parametrize`)."""
     base = get_size(config.size)
     overrides = dict(config.model)
     if config.z_loss is not None:
         overrides = _merge(overrides, {"lm": {"z_loss": config.z_loss}})
+    if config.init.pretrained:
+        overrides = _merge(overrides, pretrained_overrides(config))
     if not overrides:
         return parametrize(base)
     init_fields = {f.name for f in dataclasses.fields(MM1Config) if f.init}
     merged = _merge({k: v for k, v in to_dict(base).items() if k in init_fields}, overrides)
-    return parametrize(from_dict(MM1Config, _strip_non_init(MM1Config, merged), where="model"))
+    mcfg = from_dict(MM1Config, _strip_non_init(MM1Config, merged), where="model")
+    if config.init.pretrained and mcfg.parametrization != "sp":
+        raise ConfigError(f"init: a pretrained checkpoint is a standard-parametrization model; parametrization "
+                          f"{mcfg.parametrization} would change what it computes")
+    if config.init.lm is not None:
+        check_lm_shape(mcfg.lm, read_llama(config.init.lm), size=config.size)
+    if config.init.vit is not None:
+        check_vit_shape(mcfg.vit, read_clip(config.init.vit), size=config.size)
+    return parametrize(mcfg)
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -336,7 +407,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     geometry. Raises ConfigError for a missing peak LR, an unknown size or a bad model.
 
     ``data.image_size`` / ``data.image_tokens`` come from the model so the packer always makes
-    the placeholders the connector fills.
+    the placeholders the connector fills; ``data.tokenizer`` from ``init.lm``, so a pretrained LM
+    reads its own tokens.
     """
     mcfg = model_config(config)
     opt = config.optimizer
@@ -354,7 +426,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
         warnings.warn(f"optimizer.warmup_steps {opt.warmup_steps} exceeds steps {config.steps}: the LR never passes "
                       f"{config.steps / opt.warmup_steps:.1%} of its peak {opt.lr:g} (MM1 warms up over 1% of its run)",
                       UserWarning, stacklevel=2)
-    data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image)
+    if config.data.tokenizer is not None and config.data.tokenizer != config.init.lm:
+        raise ConfigError(f"data.tokenizer={config.data.tokenizer} disagrees with init.lm={config.init.lm}: the "
+                          "tokenizer comes with the pretrained LM; leave it null")
+    data = dataclasses.replace(config.data, image_size=image_size, image_tokens=mcfg.tokens_per_image,
+                               tokenizer=config.init.lm)
     weight_decay = decoupled_weight_decay(opt.weight_decay, opt.lr)
     return dataclasses.replace(config, optimizer=dataclasses.replace(opt, weight_decay=weight_decay), data=data)
 

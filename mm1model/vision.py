@@ -22,6 +22,9 @@ from torch import nn
 from mm1model.config import ConfigError
 
 CONNECTOR_KINDS = ("c_abstractor", "avg_pool", "attention_pool")
+# The ViT MLP's activation: exact GELU, or CLIP's QuickGELU x sigmoid(1.702 x), which OpenAI's
+# CLIP checkpoints (ViT-L/14 included) were trained with; OpenCLIP's LAION models use GELU.
+VIT_ACTIVATIONS = ("gelu", "quick_gelu")
 
 
 def positive_ints(where: str, **values: int) -> None:
@@ -37,7 +40,8 @@ def positive_ints(where: str, **values: int) -> None:
 class ViTConfig:
     """A CLIP-style ViT. ``image_size`` (pixels) is the resolution its position embeddings were
     learned at; other resolutions interpolate them bicubically. With ``sub_images`` an image of
-    side S is encoded as one downscaled overview plus 4 tiles, each of side S/2."""
+    side S is encoded as one downscaled overview plus 4 tiles, each of side S/2. ``activation``:
+    the MLP's, one of :data:`VIT_ACTIVATIONS` (a pretrained start takes its checkpoint's)."""
 
     image_size: int = 336
     patch_size: int = 14
@@ -47,8 +51,11 @@ class ViTConfig:
     mlp_dim: int = 4096
     sub_images: bool = False
     norm_eps: float = 1e-5
+    activation: str = "gelu"
 
     def __post_init__(self) -> None:
+        if self.activation not in VIT_ACTIVATIONS:
+            raise ConfigError(f"unknown vit.activation {self.activation!r}; valid: {', '.join(VIT_ACTIVATIONS)}")
         positive_ints("vit", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
                   n_layers=self.n_layers, n_heads=self.n_heads, mlp_dim=self.mlp_dim)
         if self.image_size % self.patch_size:
@@ -111,6 +118,7 @@ class ViTBlock(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.quick_gelu = cfg.activation == "quick_gelu"
         self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.width)
@@ -124,7 +132,9 @@ class ViTBlock(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, P+1, hd)
         y = F.scaled_dot_product_attention(q, k, v)  # image patches attend both ways
         x = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
-        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
+        h = self.fc(self.ln_2(x))  # (B, P+1, mlp_dim)
+        h = h * torch.sigmoid(1.702 * h) if self.quick_gelu else F.gelu(h)
+        return x + self.out(h)
 
 
 class ViT(nn.Module):

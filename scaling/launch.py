@@ -38,7 +38,9 @@ from mm1model import records
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.data import DataConfig
 from mm1model.sizes import get_size
+from mm1model.data.tokenizer import checkpoint_tokenizer
 from mm1model.train import TrainConfig, load_config, train
+from mm1model.train_config import InitConfig, model_config
 from scaling.executors import check_slurm, export_distributed_environment, make_executor
 from scaling.law import REFERENCES, FitResult, mm1_law
 from scaling.plan import Plan, PlanConfig, format_plan, make_plan
@@ -78,7 +80,7 @@ class Prepared:
             "gpu_hours": p.gpu_hours, "micro_batch_size": p.micro_batch_size, "grad_accum_steps": p.grad_accum_steps,
             "activation_checkpointing": p.activation_checkpointing, "fits": p.fits, "refusal": p.refusal,
             "executor": self.executor, "out": str(self.out), "origins": dict(r.origins),
-            "recipe": r.to_dict(), "plan": p.to_dict(),
+            "weights": dict(r.weights), "recipe": r.to_dict(), "plan": p.to_dict(),
         }
 
     def describe(self, as_json: bool = False) -> str:
@@ -112,6 +114,7 @@ def describe_recipe(r: Recipe) -> str:
         f"z-loss {r.z_loss:g} [{o['z_loss']}]",
         f"data       batch {r.batch_size} [{o['batch_size']}]{batch_pi} x {r.seq_len} tokens [{o['seq_len']}], "
         f"up to {r.max_images} images [{o['max_images']}] per sequence",
+        "weights    " + ", ".join(f"{tower} {origin}" for tower, origin in r.weights.items()),
         *(f"note       {note}" for note in r.notes),
     ]
     return "\n".join(rows)
@@ -136,11 +139,21 @@ def load_law(fit: str | Path | None, reference: str | None, size: str, n_convent
     return law
 
 
+def pretrained_law_note(law: FitResult, init: InitConfig) -> str:
+    """What a launch says when it applies an LR law to a pretrained start (``init``)."""
+    towers = " and ".join(t for t in ("lm", "vit") if getattr(init, t) is not None)
+    law_name = "MM1's published law" if law.source == "mm1" else "a `scaling fit` law"
+    return (f"weights: the {towers} start pretrained, but the peak LR comes from {law_name}, fitted on LR sweeps "
+            "that train from scratch unless they set init: applied to a pretrained start it is an extrapolation to "
+            "another regime (sweep small pretrained checkpoints to fit a law for this start; README, 'Pretrained "
+            "starts')")
+
+
 def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str | None = None,
                    n_convention: str = "non_embedding", recipe: dict[str, Any] | None = None,
                    plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
                    executor: str = "slurm", out: str | Path | None = None, tokens: float | None = None,
-                   weight_decay_rule: str = "mm1") -> Prepared:
+                   weight_decay_rule: str = "mm1", init: dict[str, Any] | None = None) -> Prepared:
     """Resolve a launch of ``size`` without writing or submitting anything.
 
     ``recipe``: overrides of :data:`scaling.recipe.OVERRIDABLE` (origin "user"). ``plan``:
@@ -150,11 +163,15 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     default, or total); a fit made with the other one is refused. ``tokens``: the target's token
     budget, ``weight_decay_rule``: "mm1" or "timescale" (:func:`scaling.recipe.recipe_for`); a
     batch from the fit's batch law is rounded to a multiple of the GPUs when ``nodes`` is given
-    (of one node's GPUs otherwise), so it divides over the ranks.
+    (of one node's GPUs otherwise), so it divides over the ranks. ``init``: :class:`InitConfig`
+    fields (``lm``, ``vit`` checkpoint directories, ``freeze_lm``, ``freeze_vit``): the checkpoints
+    are read and checked against the size here (shapes, tokenizer), the recipe records them in
+    ``weights`` and notes that the law was fitted on from-scratch sweeps.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
     get_size(size)
+    init_config = from_dict(InitConfig, init or {}, "init")
     law = load_law(fit, reference, size, n_convention)
     plan_fields = dict(plan or {})
     device = plan_fields.setdefault("device", "cpu" if executor == "local" else "cuda")
@@ -168,6 +185,9 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     # a batch from the batch law divides over the ranks known now (one node's unless --nodes is given)
     ranks = int(plan_fields.get("nodes") or 1) * int(plan_fields.get("gpus_per_node") or PlanConfig.gpus_per_node)
     rec = recipe_for(size, law, recipe, tokens=tokens, weight_decay_rule=weight_decay_rule, batch_multiple=ranks)
+    if init_config.pretrained:
+        rec = dataclasses.replace(rec, weights=init_config.origin(),
+                                  notes=(*rec.notes, pretrained_law_note(law, init_config)))
     plan_config = from_dict(PlanConfig, {"size": size, "batch_size": rec.batch_size, "seq_len": rec.seq_len,
                                          "max_images": rec.max_images, "steps": rec.steps, "z_loss": rec.z_loss,
                                          **plan_fields}, "plan")
@@ -188,7 +208,11 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
         micro_batch_size=the_plan.micro_batch_size, steps=rec.steps,
         activation_checkpointing=the_plan.activation_checkpointing, device=device,
         threads=plan_config.cpus_per_task if device == "cpu" else None, run_dir=str((out / "run").resolve()),
-        **extra)
+        init=init_config, **extra)
+    if init_config.pretrained:  # a checkpoint of another shape or tokenizer fails here, not on the cluster
+        model_config(train_config)
+        if init_config.lm is not None:
+            checkpoint_tokenizer(init_config.lm)
     return Prepared(out=out, executor=executor, recipe=rec, plan=the_plan, train=train_config)
 
 
@@ -319,13 +343,13 @@ def run_launch(size: str, *, fit: str | Path | None = None, reference: str | Non
                plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None, executor: str = "slurm",
                out: str | Path | None = None, dry_run: bool = False, as_json: bool = False, resubmit: bool = False,
                wait: bool = False, echo: Callable[[str], None] = print, tokens: float | None = None,
-               weight_decay_rule: str = "mm1") -> LaunchResult:
+               weight_decay_rule: str = "mm1", init: dict[str, Any] | None = None) -> LaunchResult:
     """``scaling launch``: resolve (:func:`prepare_launch`, same arguments), show the recipe and
     plan through ``echo``, then refuse a plan that does not fit (a dry run too) or submit
     (:func:`launch`) and, with ``wait``, wait for every task."""
     prepared = prepare_launch(size, fit=fit, reference=reference, n_convention=n_convention, recipe=recipe,
                               plan=plan, train=train, executor=executor, out=out, tokens=tokens,
-                              weight_decay_rule=weight_decay_rule)
+                              weight_decay_rule=weight_decay_rule, init=init)
     echo(prepared.describe(as_json))  # before any refusal: it says what does not fit
     if dry_run:
         prepared.check_fits()

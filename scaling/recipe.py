@@ -36,7 +36,7 @@ from mm1model import paper
 from mm1model.config import ConfigError
 from mm1model.counting import param_counts
 from mm1model.sizes import get_size, size_names
-from mm1model.train_config import SCHEDULES, OptimizerConfig
+from mm1model.train_config import SCHEDULES, InitConfig, OptimizerConfig
 
 from scaling.law import FitResult, mm1_law
 
@@ -76,6 +76,8 @@ class Recipe:
     total_tokens: int
     origins: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what the recipe chose not to take from the law, and why
+    # where each tower's weights start: a checkpoint directory or "random" (InitConfig.origin)
+    weights: dict[str, str] = field(default_factory=lambda: InitConfig().origin())
 
     def optimizer(self) -> OptimizerConfig:
         """The trainer's optimizer-and-schedule config of this recipe (what a launch trains with)."""

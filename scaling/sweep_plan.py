@@ -165,15 +165,17 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def load_sweep_config(path: str | Path | None = None, *, arm: str | None = None,
                       model: dict[str, Any] | None = None, shape: dict[str, Any] | None = None,
-                      **overrides: Any) -> SweepConfig:
+                      init: dict[str, Any] | None = None, **overrides: Any) -> SweepConfig:
     """A SweepConfig from a TOML file (optional) with ``overrides`` (flags) on top.
 
     Overrides that are None are ignored, so a CLI can pass every flag through. ``model`` entries
     (e.g. ``parametrization``, ``base_size``, ``alpha``) are merged into ``train.model``, the
     trainer's overrides of every size's model config. ``shape`` (``batch_size``,
     ``micro_batch_size``, ``seq_len``: the flags of the same names) sets the trainer's batch shape
-    on top of the file's ``[train]``. A file with arms (see :func:`sweep_arms`) needs ``arm``; the
-    flags then apply on top of that arm.
+    on top of the file's ``[train]``. ``init`` (``lm``, ``vit``, ``freeze_lm``, ``freeze_vit``: the
+    flags ``--init-lm`` ...) is merged into ``train.init``: every cell starts from those checkpoints,
+    so a sweep of pretrained starts has one size per checkpoint (one size, or one arm per size).
+    A file with arms (see :func:`sweep_arms`) needs ``arm``; the flags then apply on top of that arm.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -218,6 +220,11 @@ def load_sweep_config(path: str | Path | None = None, *, arm: str | None = None,
     if model:
         train = dict(data.get("train") or {})
         train["model"] = {**(train.get("model") or {}), **model}
+        data["train"] = train
+    init = {key: value for key, value in (init or {}).items() if value is not None}
+    if init:
+        train = dict(data.get("train") or {})
+        train["init"] = {**(train.get("init") or {}), **init}
         data["train"] = train
     shape = {key: value for key, value in (shape or {}).items() if value is not None}
     if shape:

@@ -30,7 +30,7 @@ import torch
 
 from mm1model.data.images import resize
 from mm1model.data.readers import Document
-from mm1model.tokens import EOD_ID, IGNORE_INDEX, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, PAD_ID
+from mm1model.tokens import BUNDLED_SPECIAL_IDS, IGNORE_INDEX, SpecialIds
 
 
 @dataclasses.dataclass
@@ -45,7 +45,9 @@ class TokenizedDoc:
 
 def tokenize_document(doc: Document, tokenizer, image_tokens: int, image_size: int,
                       atomic: bool = False) -> TokenizedDoc:
-    """Encode text parts, expand each image to its placeholder block, append ``EOD``."""
+    """Encode text parts, expand each image to its placeholder block, append ``EOD`` (the ids of
+    ``tokenizer.special``, a :class:`mm1model.data.tokenizer.CorpusTokenizer`'s)."""
+    special = tokenizer.special
     pieces, spans, images, length = [], [], [], 0
     for i, part in enumerate(doc.parts):
         if isinstance(part, str):
@@ -54,13 +56,13 @@ def tokenize_document(doc: Document, tokenizer, image_tokens: int, image_size: i
                 else part + "\n"
             ids = np.asarray(tokenizer.encode(text).ids, dtype=np.int64)
         else:
-            ids = np.full(image_tokens + 2, IMAGE_ID, dtype=np.int64)
-            ids[0], ids[-1] = IMAGE_START_ID, IMAGE_END_ID
+            ids = np.full(image_tokens + 2, special.image, dtype=np.int64)
+            ids[0], ids[-1] = special.image_start, special.image_end
             spans.append((length, length + len(ids)))
             images.append(resize(part, image_size))
         pieces.append(ids)
         length += len(ids)
-    pieces.append(np.asarray([EOD_ID], dtype=np.int64))
+    pieces.append(np.asarray([special.eod], dtype=np.int64))
     return TokenizedDoc(np.concatenate(pieces), spans, images, atomic)
 
 
@@ -86,8 +88,8 @@ def cut(doc: TokenizedDoc, offset: int, space: int, images_left: int) -> tuple[i
 class SequenceBuilder:
     """Accumulates segments of one packed sequence; :meth:`finish` pads and builds the labels."""
 
-    def __init__(self, seq_len: int):
-        self.seq_len = seq_len
+    def __init__(self, seq_len: int, special: SpecialIds = BUNDLED_SPECIAL_IDS):
+        self.seq_len, self.special = seq_len, special
         self.segments: list[np.ndarray] = []
         self.images: list[torch.Tensor] = []
         self.length = 0
@@ -113,13 +115,13 @@ class SequenceBuilder:
             target[-1] = IGNORE_INDEX  # no loss across a boundary
             # The image block's inside is given, not predicted: IMAGE_START is a target (where
             # an image appears is information), its placeholders and IMAGE_END are not.
-            target[(target == IMAGE_ID) | (target == IMAGE_END_ID)] = IGNORE_INDEX
+            target[(target == self.special.image) | (target == self.special.image_end)] = IGNORE_INDEX
             ids.append(segment)
             labels.append(target)
             doc_ids.append(np.full(len(segment), doc_id, dtype=np.int64))
             positions.append(np.arange(len(segment), dtype=np.int64))
         if pad:
-            ids.append(np.full(pad, PAD_ID, dtype=np.int64))
+            ids.append(np.full(pad, self.special.pad, dtype=np.int64))
             labels.append(np.full(pad, IGNORE_INDEX, dtype=np.int64))
             doc_ids.append(np.full(pad, len(segments), dtype=np.int64))
             positions.append(np.arange(pad, dtype=np.int64))

@@ -126,7 +126,10 @@ class DataConfig:
     worker packs ahead. ``shuffle_buffer``: records; a source's split of at most this many is
     permuted whole each epoch, a larger one is read shard by shard through a shuffle buffer of
     this size (see the module docstring). ``sources``: train on user files where they lie
-    (:mod:`mm1model.data.sources`) instead of the prepared corpus's; the tokenizer stays ``corpus``'s.
+    (:mod:`mm1model.data.sources`) instead of the prepared corpus's (the tokenizer stays
+    ``corpus``'s, or ``tokenizer``'s).
+    ``tokenizer``: a pretrained LM directory whose ``tokenizer.json`` to use (None = the corpus's;
+    the trainer sets it from ``init.lm``).
     """
 
     corpus: str | None = None
@@ -140,6 +143,7 @@ class DataConfig:
     prefetch: int = 2
     shuffle_buffer: int = 10_000
     sources: SourcesConfig | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -370,7 +374,7 @@ class PackedStream:
         else:
             self.readers = open_sources(corpus_dir, config.image_side)
             where = {kind: str(corpus_dir) for kind in SOURCES}
-        self.tokenizer = load_tokenizer(corpus_dir)
+        self.tokenizer = load_tokenizer(corpus_dir, config.tokenizer)
         self.skipped: Counter = Counter()
         # refs[kind]: the split's records of a source small enough to permute whole, else None
         self.index: dict[str, SourceIndex] = {}
@@ -433,7 +437,7 @@ class PackedStream:
     def __next__(self) -> dict:
         kind = SOURCES[self.sampler.source(self.sequence)]
         self.sequence += 1
-        builder = SequenceBuilder(self.config.seq_len)
+        builder = SequenceBuilder(self.config.seq_len, self.tokenizer.special)
         max_images = self.config.max_images
         while builder.space > 0:
             doc = self._current(kind)
@@ -531,7 +535,7 @@ class PackedStream:
                 index = int(order[where[1]])
                 ref = self.refs[kind][index]
             cache_key = (kind, ref.path, self._stamps[ref.path], ref.key,
-                         self.config.tokens_per_image, self.config.image_side)
+                         self.config.tokens_per_image, self.config.image_side, self.config.tokenizer)
             entry = _DOC_CACHE.get(cache_key)
             if entry is None:
                 reasons: Counter = Counter()

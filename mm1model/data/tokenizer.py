@@ -5,16 +5,23 @@ Byte-level means every string encodes (no unknown token). The special tokens of
 packer can use the constants without loading this file. The vocabulary is exactly
 ``CORPUS_VOCAB_SIZE`` (4096) on the real corpus; the synthetic fallback's templated text has
 fewer distinct merges, so its vocabulary can be smaller (never larger).
+
+A run from a pretrained LM (``TrainConfig.init.lm``) tokenizes with that checkpoint's
+``tokenizer.json`` instead (``DataConfig.tokenizer``): its special ids are
+:func:`mm1model.tokens.checkpoint_special_ids` (image tokens appended after its embedding rows,
+end of document its eos), carried by the :class:`CorpusTokenizer` to the packer.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Encoding, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mm1model.config import ConfigError
-from mm1model.tokens import CORPUS_VOCAB_SIZE, SPECIAL_TOKENS
+from mm1model.pretrained import read_llama
+from mm1model.tokens import BUNDLED_SPECIAL_IDS, CORPUS_VOCAB_SIZE, SPECIAL_TOKENS, SpecialIds
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -33,9 +40,49 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = CORPUS_VOCAB_SIZE) -
     return tokenizer
 
 
-def load_tokenizer(corpus_dir: str | Path) -> Tokenizer:
-    """The tokenizer saved in a prepared corpus directory."""
+@dataclass(frozen=True)
+class CorpusTokenizer:
+    """A tokenizer and the special ids the packer writes with it (``special``)."""
+
+    tokenizer: Tokenizer
+    special: SpecialIds
+
+    def encode(self, text: str) -> Encoding:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def get_vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+
+def checkpoint_tokenizer(checkpoint: str | Path) -> CorpusTokenizer:
+    """The ``tokenizer.json`` of a pretrained LM directory with that checkpoint's special ids;
+    ConfigError when there is none, or when it has more tokens than the checkpoint has embedding
+    rows (a tokenizer of another model)."""
+    pretrained = read_llama(checkpoint)
+    path = Path(checkpoint) / TOKENIZER_FILE
+    if not path.is_file():
+        raise ConfigError(f"init.lm {checkpoint} has no {TOKENIZER_FILE} (the checkpoint's tokenizer, read with "
+                          "HF tokenizers)")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokens = tokenizer.get_vocab_size(with_added_tokens=True)
+    if tokens > pretrained.embedding_rows:
+        raise ConfigError(f"init.lm {checkpoint}: {TOKENIZER_FILE} has {tokens} tokens, more than the checkpoint's "
+                          f"{pretrained.embedding_rows} embedding rows: the tokenizer is not this model's")
+    return CorpusTokenizer(tokenizer, pretrained.special)
+
+
+def load_tokenizer(corpus_dir: str | Path, checkpoint: str | Path | None = None) -> CorpusTokenizer:
+    """The tokenizer saved in a prepared corpus directory, with the bundled special ids; or, with
+    ``checkpoint`` (a pretrained LM directory), that checkpoint's (:func:`checkpoint_tokenizer`)."""
+    if checkpoint is not None:
+        return checkpoint_tokenizer(checkpoint)
     path = Path(corpus_dir) / TOKENIZER_FILE
     if not path.is_file():
         raise ConfigError(f"no {TOKENIZER_FILE} in {corpus_dir}: run `scaling data prepare` first")
-    return Tokenizer.from_file(str(path))
+    return CorpusTokenizer(Tokenizer.from_file(str(path)), BUNDLED_SPECIAL_IDS)

@@ -51,6 +51,12 @@ def _given(**values) -> dict:
 @click.option("--eval-interval", type=int, help="Steps between validation evaluations.")
 @click.option("--checkpoint-interval", type=int, help="Steps between checkpoints.")
 @click.option("--corpus", type=click.Path(file_okay=False), help="Prepared corpus directory (default: $MM1_CORPUS or the cache).")
+@click.option("--init-lm", type=click.Path(file_okay=False), help="Start the LM from this Hugging Face Llama-format "
+              "directory (config.json, safetensors, tokenizer.json); its tokenizer tokenizes the data.")
+@click.option("--init-vit", type=click.Path(file_okay=False), help="Start the image encoder from this Hugging Face "
+              "CLIPVisionModel / CLIPModel directory.")
+@click.option("--freeze-lm", is_flag=True, default=None, help="Keep the LM's weights fixed (MM1 trains it).")
+@click.option("--freeze-vit", is_flag=True, default=None, help="Keep the image encoder's weights fixed (MM1 trains it).")
 @click.option("--out", type=click.Path(file_okay=False), help="Launch directory [launches/SIZE].")
 @click.option("--dry-run", is_flag=True, help="Print the recipe and plan; submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
@@ -60,7 +66,8 @@ def launch_command(size, fit_path, reference, n_convention, executor, nodes, gpu
            cpus_per_task, partition, mem_per_node, time_limit, mfu, micro_batch_size, activation_checkpointing, steps, tokens,
            weight_decay_rule, peak_lr,
            warmup_steps, decay_steps, min_lr_ratio, weight_decay, batch_size, seq_len, max_images, grad_clip,
-           z_loss, eval_interval, checkpoint_interval, corpus, out, dry_run, as_json, resubmit, wait) -> None:
+           z_loss, eval_interval, checkpoint_interval, corpus, init_lm, init_vit, freeze_lm, freeze_vit, out, dry_run,
+           as_json, resubmit, wait) -> None:
     """Train SIZE with the LR the law predicts: print the plan, then submit (SLURM or local)."""
     if as_json and not dry_run:
         raise click.UsageError("--json goes with --dry-run")
@@ -77,7 +84,8 @@ def launch_command(size, fit_path, reference, n_convention, executor, nodes, gpu
     result = run_launch(size, fit=fit_path, reference=reference, n_convention=n_convention, recipe=recipe,
                         plan=plan, train=train, executor=executor, out=out, dry_run=dry_run, as_json=as_json,
                         resubmit=resubmit, wait=wait, echo=click.echo, tokens=tokens,
-                        weight_decay_rule=weight_decay_rule)
+                        weight_decay_rule=weight_decay_rule,
+                        init=_given(lm=init_lm, vit=init_vit, freeze_lm=freeze_lm, freeze_vit=freeze_vit))
     summary = result.summary()
     if summary:
         click.echo(summary)

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from mm1model.sizes import FAMILIES, size_names, size_table
+from mm1model.sizes import FAMILIES, NO_PUBLIC_LM, NO_PUBLIC_VIT, size_names, size_table
 
 
 def _human(n: int) -> str:
@@ -29,7 +29,11 @@ def format_table(rows: list[dict]) -> str:
     text = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
             for line in lines]
     note = "N = LM non-embedding parameters; image: ViT resolution / patch; `--json` adds each shape's source."
-    return "\n".join(text + ["", note])
+    starts = [f"{r['name']}: LM {r['pretrained_lm']}; ViT {r['pretrained_vit']}" for r in rows
+              if r["pretrained_lm"] != NO_PUBLIC_LM or r["pretrained_vit"] != NO_PUBLIC_VIT]
+    if starts:
+        starts = ["", "Pretrained starts (--init-lm / --init-vit; a size without one starts from scratch):", *starts]
+    return "\n".join(text + starts + ["", note])
 
 
 @click.command("sizes")

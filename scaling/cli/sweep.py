@@ -61,6 +61,10 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
               help="Model parametrization of every cell (default: the file's, else sp).")
 @click.option("--base-size", help="Base size of muP / CompleteP (e.g. w32).")
 @click.option("--alpha", type=float, help="CompleteP's depth exponent (1 CompleteP, 0.5 Depth-muP).")
+@click.option("--init-lm", type=click.Path(file_okay=False),
+              help="Every cell's LM starts from this Hugging Face Llama-format directory (one size per checkpoint).")
+@click.option("--init-vit", type=click.Path(file_okay=False),
+              help="Every cell's image encoder starts from this Hugging Face CLIP directory.")
 @click.option("--out", type=click.Path(file_okay=False), help="Sweep directory (default runs/<name>).")
 @click.option("--arms", help="For a sweep file with [arms.NAME] tables: the arms to run, comma-separated "
                              "(default: all, one after another, each in OUT/NAME).")
@@ -70,7 +74,8 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--dry-run", is_flag=True, help="List cells, LRs and resources per job; submit nothing.")
 def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, horizons, horizon_unit, batch_sizes,
                   executor, max_parallel, batch_size,
-                  micro_batch_size, seq_len, memory_gb, max_retries, parametrization, base_size, alpha, out, arms,
+                  micro_batch_size, seq_len, memory_gb, max_retries, parametrization, base_size, alpha, init_lm, init_vit,
+                  out, arms,
                   no_wait, keep_checkpoints, dry_run) -> None:
     """Run (or resume) a learning-rate grid: one trainer run per (size, lr, batch, horizon, seed).
     A sweep file with arms runs each arm as its own sweep, in OUT/ARM."""
@@ -80,6 +85,7 @@ def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, h
                  batch_sizes=_ints(batch_sizes, "--batch-sizes"),
                  executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out, memory_gb=memory_gb,
                  model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha},
+                 init={"lm": init_lm, "vit": init_vit},
                  shape={"batch_size": batch_size, "micro_batch_size": micro_batch_size, "seq_len": seq_len})
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
     result = run_sweeps(config_path, chosen, flags, dry_run=dry_run, no_wait=no_wait, echo=click.echo,

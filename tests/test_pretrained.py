@@ -1,0 +1,333 @@
+"""Pretrained starts: tiny random Hugging Face checkpoints, built offline, load into our towers.
+
+The checkpoints are made here from configs (``LlamaForCausalLM``, ``CLIPVisionModel``, a
+byte-level BPE trained on a few lines) and saved with ``save_pretrained``; one LM is saved in
+shards with an index. Their shapes are the 100K size's (d 64, 2 layers, 4 heads, ffn 168; the ViT
+of width 64, 2 layers, 8 px patches) with grouped-query heads (2 KV heads), rope theta 5e5, RMSNorm
+eps 1e-6 and QuickGELU, so every field the loader carries over differs from our defaults. The
+LM's init std is 0.2 (not 0.02): its logits are far from uniform, so a run that starts at the
+loaded model's loss is told apart from one at ln(vocab).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace as dataclass_replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mm1model import records
+from mm1model.config import ConfigError, from_dict, to_dict
+from mm1model.data import PackedStream
+from mm1model.data.tokenizer import load_tokenizer
+from mm1model.model import MM1
+from mm1model.parametrization import freeze_towers, param_groups
+from mm1model.pretrained import load_pretrained, read_llama
+from mm1model.shard_loading import MEAN_CHUNK_ROWS
+from mm1model.train import build_model, resolve, train
+from mm1model.train_config import InitConfig, TrainConfig, model_config
+
+from test_train import corpus, run_on_loopback, small  # noqa: F401 (corpus is a fixture)
+
+transformers = pytest.importorskip("transformers")
+
+EMBEDDING_ROWS = 320  # more rows than the tokenizer's 300 tokens, as real checkpoints pad their vocabulary
+LINES = ["In the beginning God created the heaven and the earth.", "Emma Woodhouse, handsome, clever, and rich.",
+         "The GIMP crop tool removes the edges of an image.", "A photo of a cat sitting on a red chair."] * 20
+GQA = {"lm": {"n_kv_heads": 2}}  # the 100K size with the checkpoints' 2 KV heads
+
+
+def llama(path, tie: bool, shard: bool, kv_heads: int = 2):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    config = transformers.LlamaConfig(vocab_size=EMBEDDING_ROWS, hidden_size=64, intermediate_size=168,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv_heads,
+                                      rope_theta=5e5, rms_norm_eps=1e-6, tie_word_embeddings=tie,
+                                      initializer_range=0.2, eos_token_id=2, bos_token_id=1)
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(path, **({"max_shard_size": "40KB"} if shard else {}))
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(LINES, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                             show_progress=False))
+    tokenizer.save(str(path / "tokenizer.json"))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """Two LMs (tied, one file; untied, sharded with an index) and a CLIP ViT at 16 px; and an LM
+    of exactly the 100K size's shape (multi-head) for `scaling launch`, which takes no model overrides."""
+    root = tmp_path_factory.mktemp("hf")
+    tied, untied = llama(root / "tied", tie=True, shard=False), llama(root / "untied", tie=False, shard=True)
+    llama(root / "mha", tie=True, shard=False, kv_heads=4)
+    vision = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=16, patch_size=8,
+                                           hidden_act="quick_gelu", layer_norm_eps=1e-6)
+    torch.manual_seed(2)
+    clip = transformers.CLIPVisionModel(vision).eval()
+    clip.save_pretrained(root / "clip")
+    return {"root": root, "tied": tied, "untied": untied, "clip": clip}
+
+
+def loaded(hf, lm: str, **model) -> MM1:
+    config = TrainConfig(size="100K", model={**GQA, **model}, init=InitConfig(lm=str(hf["root"] / lm),
+                                                                              vit=str(hf["root"] / "clip")))
+    mm1 = MM1(model_config(config))
+    torch.manual_seed(0)
+    mm1.init_weights()  # what init_sharded draws on a meta-built model, for the 2-rank comparison
+    load_pretrained(mm1, config.init.lm, config.init.vit)
+    return mm1.eval()
+
+
+@pytest.mark.parametrize("lm", ["tied", "untied"])  # one safetensors file / a sharded index
+def test_our_lm_gives_llama_logits_with_three_image_rows_grown_as_the_mean(hf, lm):
+    assert (lm == "untied") == (hf["root"] / lm / "model.safetensors.index.json").is_file()
+    ours = loaded(hf, lm)
+    cfg = ours.config.lm
+    assert (cfg.vocab_size, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps) == (EMBEDDING_ROWS + 3, 2, 5e5, 1e-6)
+    assert cfg.tie_embeddings == (lm == "tied") and ours.config.image_id == EMBEDDING_ROWS
+    ids = torch.randint(0, EMBEDDING_ROWS, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = hf[lm](input_ids=ids).logits
+        mine = ours.lm(ours.lm.embed(ids), torch.arange(24).expand(2, 24), None)
+    assert mine.shape[-1] == EMBEDDING_ROWS + 3
+    torch.testing.assert_close(mine[..., :EMBEDDING_ROWS], theirs, rtol=1e-5, atol=1e-5)  # fp32 rounding
+    assert (theirs.std() > 1.0)  # init std 0.2: far from uniform logits
+    emb = hf[lm].model.embed_tokens.weight
+    new = ours.lm.tok_embeddings.weight[EMBEDDING_ROWS:]
+    torch.testing.assert_close(new, emb.mean(0).expand(3, -1), rtol=1e-6, atol=1e-7)
+    head = hf[lm].lm_head.weight
+    torch.testing.assert_close(ours.lm.output.weight[EMBEDDING_ROWS:], head.mean(0).expand(3, -1), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("side", [16, 32])  # the checkpoint's resolution, and twice it (interpolated)
+def test_our_vit_gives_clip_patch_features(hf, side):
+    ours = loaded(hf, "tied", vit={"image_size": side})
+    assert (ours.config.vit.activation, ours.config.vit.norm_eps) == ("quick_gelu", 1e-6)
+    pixels = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = hf["clip"](pixel_values=pixels, interpolate_pos_encoding=side != 16).last_hidden_state[:, 1:]
+        mine = ours.vit(pixels)
+    assert mine.shape == (2, (side // 8) ** 2, 64)
+    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_training_from_the_loaded_weights_starts_at_their_loss_and_freezing_keeps_a_tower(
+        hf, corpus, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    init = {"lm": str(hf["root"] / "tied"), "vit": str(hf["root"] / "clip"), "freeze_vit": True}
+    config = small(corpus, run_dir, model=GQA, init=init, steps=3, warmup_steps=1, checkpoint_interval=2,
+                   eval_interval=0, eval_sequences=8)
+    resolved = resolve(config)
+    assert resolved.data.tokenizer == init["lm"]
+    # the first batch the trainer draws, tokenized with the checkpoint's tokenizer
+    batch = PackedStream(resolved.data, rank=0, world_size=1, split="train").next_batch(config.batch_size)
+    assert int((batch["input_ids"] == EMBEDDING_ROWS).sum()) == 16 * len(batch["images"]) > 0
+    assert int((batch["input_ids"] == 2).sum()) > 0  # documents end with the checkpoint's eos </s>
+    model, _ = build_model(resolved, torch.device("cpu"))
+    groups = param_groups(model, model.config, 1e-3, 0.1, 1e-8)
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in trained for p in model.vit.parameters())  # frozen: in no optimizer group
+    assert all(id(p) in trained for p in model.lm.parameters())
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["images"], batch["labels"], batch["doc_ids"],
+                         batch["position_ids"]).loss.item()
+    result = train(config)
+    assert result.status == "ok"
+    first = next(r for r in records.read_jsonl(run_dir / "metrics.jsonl") if "loss" in r)
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(first["loss"] - math.log(EMBEDDING_ROWS + 3)) > 1.0  # not a random init's ln(vocab)
+    recorded = records.read_json(run_dir / "config.json")
+    assert recorded["init"] == {**init, "freeze_lm": False} and recorded["data"]["tokenizer"] == init["lm"]
+    from mm1model.export import load_trained_model
+
+    after, _ = load_trained_model(run_dir)  # step 2: two updates
+    for (name, a), b in zip(after.vit.state_dict().items(), model.vit.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(after.lm.blocks[0].attention.wq.weight, model.lm.blocks[0].attention.wq.weight)
+
+
+def test_bad_checkpoints_are_one_line_each(hf, corpus, tmp_path):  # noqa: F811
+    tied = hf["root"] / "tied"
+
+    def model_of(lm=None, vit=None, size="100K", model=GQA):
+        return model_config(TrainConfig(size=size, model=model, init=InitConfig(lm=lm, vit=vit)))
+
+    def one_line(match, call, *args):
+        with pytest.raises(ConfigError, match=match) as err:
+            call(*args)
+        assert "\n" not in str(err.value)
+
+    one_line(r"the checkpoint's hidden_size is 64, the model's lm.d_model 96 \(size 300K\)", model_of,
+             str(tied), None, "300K")
+    one_line(r"the checkpoint's num_key_value_heads is 2, the model's lm.n_kv_heads 4", model_of, str(tied), None,
+             "100K", {})
+    one_line(r"the checkpoint's hidden_size is 64, the model's vit.width 1024", model_of, None,
+             str(hf["root"] / "clip"), "9M", {})
+    one_line(r"is not a Hugging Face checkpoint directory \(no config.json\)", model_of, str(tmp_path))
+    one_line(r"model.lm.vocab_size=4096 disagrees with init.lm's 323", model_of, str(tied), None, "100K",
+             {"lm": {"n_kv_heads": 2, "vocab_size": 4096}})
+    one_line(r"parametrization mup would change what it computes", model_of, str(tied), None, "w64",
+             {"lm": {"n_kv_heads": 2, "ffn_dim": 168}, "parametrization": "mup", "base_size": "w32"})
+    # tensors: one missing, one of another shape (a config.json that lies about the file)
+    weights = load_file(tied / "model.safetensors")
+    for name, change in (("missing", lambda w: w.pop("model.layers.1.self_attn.k_proj.weight")),
+                         ("reshaped", lambda w: w.update({"model.layers.0.mlp.up_proj.weight": torch.zeros(160, 64)}))):
+        broken = tmp_path / name
+        shutil.copytree(tied, broken)
+        changed = dict(weights)
+        change(changed)
+        save_file(changed, broken / "model.safetensors", metadata={"format": "pt"})
+    mm1 = MM1(model_of(str(tied)))
+    one_line(r"tensor model.layers.1.self_attn.k_proj.weight \(for lm.blocks.1.attention.wk.weight\) is missing",
+             load_pretrained, mm1, tmp_path / "missing")
+    one_line(r"model.layers.0.mlp.up_proj.weight has shape \(160, 64\) in the checkpoint, "
+             r"lm.blocks.0.feed_forward.w3.weight is \(168, 64\) in the model", load_pretrained, mm1,
+             tmp_path / "reshaped")
+    # a tokenizer of another model: more tokens than the checkpoint's embedding rows
+    small_vocab = tmp_path / "small_vocab"
+    shutil.copytree(tied, small_vocab)
+    cfg = json.loads((small_vocab / "config.json").read_text())
+    (small_vocab / "config.json").write_text(json.dumps({**cfg, "vocab_size": 200}))
+    one_line(r"tokenizer.json has 300 tokens, more than the checkpoint's 200 embedding rows", load_tokenizer,
+             corpus, small_vocab)
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(tied / "config.json", no_weights)
+    one_line(r"holds no model.safetensors or model.safetensors.index.json", load_pretrained, mm1, no_weights)
+    # the bundled tokenizer keeps its ids
+    assert load_tokenizer(corpus).special == load_tokenizer(corpus, None).special
+    assert (load_tokenizer(corpus).special.image, read_llama(tied).special.image) == (2, EMBEDDING_ROWS)
+
+
+SHARDED_LOAD = """
+import json, resource, sys
+import torch
+from safetensors.torch import load_file
+from mm1model.config import from_dict
+from mm1model.distributed import init_distributed
+from mm1model.model import MM1, MM1Config
+from mm1model.parallelize import init_sharded, parallelize
+from mm1model.pretrained import load_pretrained
+config, lm, vit, reference, out = sys.argv[1:]
+ddp = init_distributed("cpu")
+with torch.device("meta"):
+    model = MM1(from_dict(MM1Config, json.loads(config)))
+parallelize(model, fsdp=True)
+model.to_empty(device="cpu")
+init_sharded(model, seed=0)
+report = load_pretrained(model, lm, vit)
+expected = load_file(reference)
+mismatched = [n for n, p in model.named_parameters() if not torch.equal(p.full_tensor(), expected[n])]
+local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+json.dump({"mismatched": mismatched, "bytes_read": report.bytes_read, "largest_read": report.largest_read_bytes,
+           "checkpoint_bytes": report.checkpoint_bytes, "local_param_bytes": local,
+           "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, open(f"{out}.{ddp.rank}", "w"))
+"""
+
+
+def test_two_fsdp2_ranks_each_read_only_their_rows(hf, tmp_path):
+    """Meta build -> FSDP2 shards -> each rank reads its rows of each tensor from the sharded
+    safetensors; the gathered model equals the 1-process load exactly."""
+    one = loaded(hf, "untied")
+    save_file({n: p.detach().contiguous() for n, p in one.named_parameters()}, tmp_path / "reference.safetensors")
+    proc = run_on_loopback(2, ["-c", SHARDED_LOAD, json.dumps(to_dict(one.config)), str(hf["root"] / "untied"),
+                               str(hf["root"] / "clip"), str(tmp_path / "reference.safetensors"), str(tmp_path / "r")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"r.{rank}").read_text()) for rank in range(2)]
+    full = sum(p.numel() * p.element_size() for p in one.parameters())
+    row_bytes = 64 * 4
+    for i, rank in enumerate(ranks):
+        assert rank["mismatched"] == []
+        assert rank["local_param_bytes"] < 0.6 * full  # each rank holds about half the model
+        # one rank's reads: its half of every tensor, plus the position embeddings (read whole to
+        # interpolate) and, on the rank holding the new vocabulary rows, the embedding and head
+        # once more in chunks for their mean
+        assert rank["bytes_read"] < 0.85 * rank["checkpoint_bytes"]
+        # rank 0 reads at most its 162 of the 323 rows at once; rank 1 (the new rows) the mean's chunks
+        largest = math.ceil((EMBEDDING_ROWS + 3) / 2) if i == 0 else min(MEAN_CHUNK_ROWS, EMBEDDING_ROWS)
+        assert rank["largest_read"] == largest * row_bytes
+    print({f"rank{i}": {k: v for k, v in r.items() if k != "mismatched"} for i, r in enumerate(ranks)},
+          "full model bytes", full)
+
+
+def test_freezing_leaves_a_tower_out_of_the_optimizer(hf):
+    model = freeze_towers(loaded(hf, "tied"), lm=True)
+    groups = param_groups(model, model.config, 1e-3, 0.1, 1e-8)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted({names[id(p)].split(".")[0] for g in groups for p in g["params"]}) == ["connector", "vit"]
+    assert from_dict(InitConfig, {"freeze_vit": True}).origin() == {"lm": "random", "vit": "random",
+                                                                   "connector": "random"}
+
+
+def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf, corpus, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+
+    from scaling.cli import main
+
+    lm, vit = str(hf["root"] / "mha"), str(hf["root"] / "clip")
+    args = ["launch", "--size", "100K", "--reference", "mm1", "--executor", "local", "--corpus", corpus,
+            "--steps", "10", "--batch-size", "8", "--seq-len", "128", "--out", str(tmp_path / "l")]
+    result = CliRunner().invoke(main, [*args, "--init-lm", lm, "--init-vit", vit, "--freeze-vit", "--dry-run",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["weights"] == {"lm": lm, "vit": vit, "connector": "random"} == summary["recipe"]["weights"]
+    assert any(n.startswith("weights: the lm and vit start pretrained, but the peak LR comes from MM1's published law")
+               for n in summary["recipe"]["notes"])
+    text = CliRunner().invoke(main, [*args, "--init-lm", lm, "--dry-run"]).stdout
+    assert f"weights    lm {lm}, vit random, connector random" in text
+    assert "weights    lm random, vit random, connector random" in CliRunner().invoke(main, [*args, "--dry-run"]).stdout
+    for checkpoint, message in ((tmp_path, "no config.json"), (hf["root"] / "tied", "num_key_value_heads is 2")):
+        bad = CliRunner().invoke(main, [*args, "--init-lm", str(checkpoint), "--dry-run"])
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr
+    assert not (tmp_path / "l").exists()
+
+
+def test_the_size_table_names_checkpoints_of_its_shapes(tmp_path):
+    """The table's exact-shape entries against those checkpoints' published config.json values."""
+    from mm1model.pretrained import check_lm_shape, check_vit_shape, read_clip
+    from mm1model.sizes import get_size, pretrained_starts, size_table
+
+    mistral = {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "rope_theta": 10000.0,
+               "rms_norm_eps": 1e-5, "eos_token_id": 2, "tie_word_embeddings": False, "hidden_act": "silu"}
+    (tmp_path / "mistral").mkdir()
+    (tmp_path / "mistral" / "config.json").write_text(json.dumps(mistral))
+    seven = get_size("7B").lm
+    check_lm_shape(dataclass_replace(seven, vocab_size=32003), read_llama(tmp_path / "mistral"))
+    assert pretrained_starts("7B")["lm"].startswith("mistralai/Mistral-7B-v0.1, exact shape")
+    clip_l = {"model_type": "clip", "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24,
+              "num_attention_heads": 16, "intermediate_size": 4096, "patch_size": 14, "image_size": 336,
+              "hidden_act": "quick_gelu"}}
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text(json.dumps(clip_l))
+    save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(1)},
+              tmp_path / "clip" / "model.safetensors")
+    pretrained = read_clip(tmp_path / "clip")
+    assert (pretrained.prefix, pretrained.activation) == ("vision_model.", "quick_gelu")
+    for size in ("9M", "85M", "302M", "1.2B"):
+        check_vit_shape(get_size(size).vit, pretrained)
+    rows = {r["name"]: r for r in size_table()}
+    assert rows["9M"]["pretrained_vit"].startswith("openai/clip-vit-large-patch14-336")
+    assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14")
+    assert "interpolated to 378" in rows["30B"]["pretrained_vit"]
+    assert rows["85M"]["pretrained_lm"].startswith("none")
+
+
+def test_a_sweep_starts_every_cell_from_the_checkpoints(hf, corpus):  # noqa: F811
+    from scaling.sweep_plan import load_sweep_config, plan_sweep
+
+    lm = str(hf["root"] / "mha")
+    flags = dict(lrs=(1e-3, 3e-3), steps=2, shape={"batch_size": 8, "seq_len": 128}, init={"lm": lm})
+    plan = plan_sweep(load_sweep_config(sizes=("100K",), **flags))
+    assert [plan.cell_train(c)["init"]["lm"] for c in plan.cells()] == [lm, lm]
+    with pytest.raises(ConfigError, match=r"hidden_size is 64, the model's lm.d_model 96 \(size 300K\)"):
+        plan_sweep(load_sweep_config(sizes=("100K", "300K"), **flags))  # one checkpoint cannot start two sizes
