@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from mm1model import records
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.data import PackedStream
+from mm1model.data.images import normalise_images
 from mm1model.data.tokenizer import load_tokenizer
 from mm1model.model import MM1
 from mm1model.parametrization import freeze_towers, param_groups
@@ -137,7 +138,7 @@ def test_training_from_the_loaded_weights_starts_at_their_loss_and_freezing_keep
     assert not any(id(p) in trained for p in model.vit.parameters())  # frozen: in no optimizer group
     assert all(id(p) in trained for p in model.lm.parameters())
     with torch.no_grad():
-        expected = model(batch["input_ids"], batch["images"], batch["labels"], batch["doc_ids"],
+        expected = model(batch["input_ids"], normalise_images(batch["images"]), batch["labels"], batch["doc_ids"],
                          batch["position_ids"]).loss.item()
     result = train(config)
     assert result.status == "ok"
