@@ -1,0 +1,125 @@
+"""Adaptive sweeps on the replay executor (the recorded dense CPU sweep, tests/data): the nearest
+recorded run answers each cell, the adaptive strategy finds each size's optimum in fewer runs
+than the fixed grid, `status` says why each size stopped, and kill -9 neither loses nor
+duplicates a cell."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from scaling import adaptive
+from scaling.cli import main
+from scaling.fit import fit_runs, read_runs
+from scaling.runs import collect_runs
+from scaling.sweep import run_sweeps
+
+DENSE = Path(__file__).parent / "data" / "cpu-dense-runs.csv"
+SIZES = ("w32", "w64", "w128")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _sweep_file(tmp: Path, delay_s: float = 0.0) -> Path:
+    """The dense sweep's settings, adaptive, answered from its own recorded runs."""
+    text = (REPO / "sweeps" / "cpu-dense.toml").read_text()
+    text = text.replace('executor = "local"', f'executor = "replay:{DENSE}"\nmode = "adaptive"\n'
+                                              f'replay_delay_s = {delay_s}')
+    path = tmp / "adaptive.toml"
+    path.write_text(text)
+    return path
+
+
+def _cells(out: Path) -> dict[str, float]:
+    runs = collect_runs(out)
+    return {Path(p).relative_to(out).as_posix(): loss for p, loss in zip(runs["path"], runs["loss"])}
+
+
+@pytest.fixture(scope="module")
+def adaptive_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adaptive")
+    out = tmp / "sweep"
+    lines: list[str] = []
+    run_sweeps(_sweep_file(tmp), flags={"out": str(out)}, echo=lines.append)
+    return tmp, out, lines
+
+
+def test_replay_answers_each_cell_with_the_nearest_recorded_run(tmp_path):
+    recorded = read_runs([DENSE])
+    w32 = recorded[recorded["size"] == "w32"]
+    grid = sorted(w32["lr"].unique())
+    asked = (float(f"{grid[1] * 1.1:.2e}"), float(f"{grid[3] / 1.12:.2e}"))  # 3 digits, as cells keep them
+    out = tmp_path / "fixed"
+    run_sweeps(REPO / "sweeps" / "cpu-dense.toml",
+               flags={"sizes": ("w32",), "lrs": asked, "executor": f"replay:{DENSE}", "out": str(out)}, echo=print)
+    runs = collect_runs(out).sort_values(["lr", "seed"])
+    assert sorted(runs["lr"].unique()) == sorted(asked)  # the design's LRs, not the recorded ones
+    for lr, near in zip(sorted(asked), (grid[1], grid[3])):
+        for seed in (0, 1):
+            want = w32[(w32["lr"] == near) & (w32["seed"] == seed)]["loss"].item()
+            assert runs[(runs["lr"] == lr) & (runs["seed"] == seed)]["loss"].item() == pytest.approx(want, abs=1e-12)
+
+
+def test_a_replay_table_without_the_size_is_one_line(tmp_path):
+    out = tmp_path / "none"
+    result = CliRunner().invoke(main, ["sweep", "--config", str(REPO / "sweeps" / "cpu-dense.toml"), "--sizes",
+                                       "w32,w256", "--executor", f"replay:{DENSE}", "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: replay table {DENSE} has no runs of size w256; it records w128, w32, w64"]
+    assert not out.exists()
+
+
+def test_adaptive_finds_each_optimum_in_fewer_runs_than_the_fixed_grid(adaptive_sweep):
+    tmp, out, lines = adaptive_sweep
+    recorded = read_runs([DENSE])
+    known = {o["size"]: o["log_lr_opt"] for o in fit_runs(recorded).optima}  # every recorded LR and seed
+    found = {o["size"]: o["log_lr_opt"] for o in fit_runs(collect_runs(out)).optima}
+    errors = {size: abs(found[size] - known[size]) for size in SIZES}
+    assert max(errors.values()) < 0.25, errors
+    runs = collect_runs(out)
+    assert len(runs) < len(recorded)  # the fixed 9-LR x 2-seed grid of every size
+    stopped = adaptive.read_record(out)
+    assert sorted(stopped) == sorted(SIZES) and all(entry["stopped"] for entry in stopped.values())
+    status = CliRunner().invoke(main, ["status", str(out)])
+    assert status.exit_code == 0
+    for size in SIZES:
+        assert f"{size}: stopped after {stopped[size]['lrs']} LRs: {stopped[size]['stopped']}" in status.output
+
+
+def test_kill_9_and_rerun_neither_loses_nor_duplicates_a_cell(adaptive_sweep, tmp_path):
+    _, reference, _ = adaptive_sweep
+    out = tmp_path / "killed"
+    config = _sweep_file(tmp_path, delay_s=0.2)
+    proc = subprocess.Popen([sys.executable, "-c", "from scaling.cli import main; main()", "sweep", "--config",
+                             str(config), "--out", str(out)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("w*/*/result.json"))) < 8 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = _cells(out)
+    run_sweeps(config, flags={"out": str(out), "replay_delay_s": 0.0}, echo=lambda line: None)
+    after, want = _cells(out), _cells(reference)
+    assert set(after) == set(want)  # the same decisions, so the same cells
+    assert all(after[c] == want[c] or (math.isnan(after[c]) and math.isnan(want[c])) for c in want)
+    assert all(after[c] == loss or math.isnan(loss) for c, loss in before.items())  # nothing finished was redone
+    for cell in out.glob("w*/*/"):
+        attempts = pd.read_json(cell / "attempts.json")
+        assert len(attempts) <= 2 and (attempts["outcome"] == "ok").sum() == 1, cell
+    assert not np.isnan(list(after.values())).any()
