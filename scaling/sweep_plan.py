@@ -831,6 +831,10 @@ def describe_plan(plan: SweepPlan) -> str:
                  + (" (WSD branches counted at their cooldown)" if any(cell.trunk for cell in cells) else ""))
 
     lines += [f"warning: {w}" for w in plan.warnings]
+    if c.mode == "adaptive":
+        lines.append(f"adaptive: sizes smallest first, each from 3 LRs around its prior, adding LRs as results arrive "
+                     f"until the optimum's 95% interval is within +/-{c.target_halfwidth:g} in ln lr or it has "
+                     f"{c.max_points} LRs; the grid and cells above are what a fixed sweep would run")
     for cell in cells:
         after = (f"  (branch of {cell.trunk} from step {cell.branch_step})" if cell.trunk else
                  f"  (trunk, saves steps {', '.join(map(str, cell.save_steps))})" if cell.save_steps else "")

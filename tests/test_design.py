@@ -45,13 +45,13 @@ def test_a_narrow_grid_misses_optima_and_the_report_says_how_often():
 
 
 def test_budget_search_keeps_the_front_and_draws_it(tmp_path):
-    result = search_designs(_costs(4), budget=40, prior=mm1_law(), sims=4, points=(3, 5, 7), spacings=(0.3,),
+    result = search_designs(_costs(3), budget=20, prior=mm1_law(), sims=3, points=(3, 5, 7), spacings=(0.3,),
                             seeds=(1, 2))
     labels = {r.design.label for r in result.reports}
-    assert labels == {"3 LRs x 0.3 dec x 1 seed(s)", "5 LRs x 0.3 dec x 1 seed(s)", "7 LRs x 0.3 dec x 1 seed(s)",
-                      "3 LRs x 0.3 dec x 2 seed(s)", "5 LRs x 0.3 dec x 2 seed(s)"}  # 7 x 2 x 4 = 56 > 40
-    assert result.front and all(r.cost <= 40 for r in result.reports)
-    cheapest = min(result.reports, key=lambda r: (r.cost, r.pi_width[-1]))
+    assert labels == {"3 LRs x 0.3 dec x 1 seed(s)", "5 LRs x 0.3 dec x 1 seed(s)",
+                      "3 LRs x 0.3 dec x 2 seed(s)"}  # 7 x 1 x 3 = 21 and 5 x 2 x 3 = 30 cost more than 20
+    assert result.front and all(r.cost <= 20 for r in result.reports)
+    cheapest = min(result.reports, key=lambda r: (r.cost, r.width))
     assert cheapest in result.front
     assert plot_front(result, tmp_path / "front.png").stat().st_size > 0
 
