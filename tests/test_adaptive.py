@@ -31,8 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _sweep_file(tmp: Path, delay_s: float = 0.0) -> Path:
     """The dense sweep's settings, adaptive, answered from its own recorded runs."""
     text = (REPO / "sweeps" / "cpu-dense.toml").read_text()
+    # CPU runs of 150 steps are noisy (w32's seed sd is 0.14 nats): every recorded run of w32 together
+    # locates its optimum to +/-0.56 in ln lr, so that is the precision asked for here
     text = text.replace('executor = "local"', f'executor = "replay:{DENSE}"\nmode = "adaptive"\n'
-                                              f'replay_delay_s = {delay_s}')
+                                              f'target_halfwidth = 0.6\nreplay_delay_s = {delay_s}')
     path = tmp / "adaptive.toml"
     path.write_text(text)
     return path
@@ -133,6 +135,9 @@ def test_kill_9_and_rerun_neither_loses_nor_duplicates_a_cell(adaptive_sweep, tm
     assert all(after[c] == want[c] or (math.isnan(after[c]) and math.isnan(want[c])) for c in want)
     assert all(after[c] == loss or math.isnan(loss) for c, loss in before.items())  # nothing finished was redone
     for cell in out.glob("w*/*/"):
+        # at most the killed attempt and one more; never two that finished (a kill between a
+        # cell's result.json and its attempt's outcome leaves that attempt open, the cell final)
         attempts = pd.read_json(cell / "attempts.json")
-        assert len(attempts) <= 2 and (attempts["outcome"] == "ok").sum() == 1, cell
+        assert len(attempts) <= 2 and (attempts["outcome"] == "ok").sum() <= 1, cell
+        assert (cell / "result.json").exists()
     assert not np.isnan(list(after.values())).any()
