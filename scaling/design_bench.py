@@ -8,6 +8,7 @@ Three strategies, each a real ``scaling sweep`` on the replay executor (:mod:`sc
 with the dense CPU sweep's settings (``sweeps/cpu-dense.toml``: 2 seeds per LR):
 
 * ``adaptive``: :mod:`scaling.adaptive` (target +/-0.15 in ln lr, at most 9 LRs per size);
+  ``adaptive-0.6`` the same with a target of +/-0.6, what the CPU sweep's noise allows;
 * ``fixed-7``: 7 LRs a third of a decade apart (+/- 1 decade, ``sweeps/mm1.toml``'s grid), up
   to 3 edge extensions;
 * ``demo-5``: 5 LRs a factor 2 apart (+/- 0.6 decade, ``sweeps/cpu.toml``'s), up to 2 extensions.
@@ -40,6 +41,7 @@ from scaling.sweep_plan import load_sweep_config, plan_sweep
 SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "cpu-dense.toml"
 STRATEGIES = {
     "adaptive": {"mode": "adaptive"},
+    "adaptive-0.6": {"mode": "adaptive", "target_halfwidth": 0.6},
     "fixed-7": {"points": 7, "span": 1.0, "max_extend": 3},
     "demo-5": {"points": 5, "span": 0.6, "max_extend": 2},
 }

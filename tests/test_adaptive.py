@@ -96,6 +96,7 @@ def test_adaptive_finds_each_optimum_in_fewer_runs_than_the_fixed_grid(adaptive_
     for size in dense:
         lo, hi = known[size]["lr_ci95"]
         assert lo <= found[size] <= hi, (size, found[size], known[size]["lr_ci95"])
+    assert runs.groupby("size").size().to_dict() == {"w32": 16, "w64": 18, "w128": 12}
     assert len(runs) < 9 * 2 * len(SIZES)  # the dense sweep's fixed grid: 9 LRs x 2 seeds per size
     assert (runs["size"] == "w32").sum() < (recorded["size"] == "w32").sum()
     stopped = adaptive.read_record(out)

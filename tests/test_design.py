@@ -80,5 +80,6 @@ def test_bad_input_is_one_line(tmp_path):
 
 def test_noise_estimated_from_the_recorded_dense_sweep():
     noise = estimate_noise(read_runs([DENSE]), source=DENSE)
-    assert noise.curvature > 0 and noise.asymmetry > 0 and noise.seed_sd > 0 and noise.scatter > 0
+    assert (noise.curvature, noise.asymmetry, noise.seed_sd, noise.scatter) == pytest.approx(
+        (0.3630, 0.2693, 0.08728, 0.05243), abs=1e-4)
     assert noise.source == f"estimated from {DENSE}"
