@@ -60,9 +60,15 @@ def test_replay_answers_each_cell_with_the_nearest_recorded_run(tmp_path):
     grid = sorted(w32["lr"].unique())
     asked = (float(f"{grid[1] * 1.1:.2e}"), float(f"{grid[3] / 1.12:.2e}"))  # 3 digits, as cells keep them
     out = tmp_path / "fixed"
-    run_sweeps(REPO / "sweeps" / "cpu-dense.toml",
-               flags={"sizes": ("w32",), "lrs": asked, "executor": f"replay:{DENSE}", "out": str(out)}, echo=print)
-    runs = collect_runs(out).sort_values(["lr", "seed"])
+    result = run_sweeps(REPO / "sweeps" / "cpu-dense.toml", echo=print,
+                        flags={"sizes": ("w32",), "lrs": asked + (1e-4,), "executor": f"replay:{DENSE}",
+                               "out": str(out), "max_retries": 0})
+    # an LR far below the record has no answer: that cell fails, saying so, and nothing else does
+    assert result.failure.endswith("replay: lr 0.0001 is outside the recorded w32 LRs [0.00197, 0.0312]: no "
+                                   "recorded run answers it)")
+    assert len(result.gave_up) == 2
+    runs = collect_runs(out)
+    runs = runs[runs["status"] == "ok"].sort_values(["lr", "seed"])
     assert sorted(runs["lr"].unique()) == sorted(asked)  # the design's LRs, not the recorded ones
     for lr, near in zip(sorted(asked), (grid[1], grid[3])):
         for seed in (0, 1):
