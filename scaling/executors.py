@@ -5,6 +5,8 @@ job's processes find each other.
   ``slurm`` (``submitit.SlurmExecutor``: sbatch jobs and job arrays) or ``debug``
   (:class:`InProcessExecutor`: each job runs in this process when it is submitted). An unknown
   executor parameter is a ConfigError that lists the valid ones.
+* ``replay:RUNS.csv`` (:func:`is_replay`): no training; :mod:`scaling.replay` answers each
+  cell from a recorded runs table (the sweep driver builds it).
 * :func:`check_slurm` / :func:`slurm_problem`: does a SLURM cluster answer, sacct included?
   Without a working ``sacct``, submitit never learns that a job was killed before it wrote its
   result and waits on it forever; ``scripts/slurm-start.sh`` puts an ``sacct`` stand-in (it
@@ -34,6 +36,8 @@ from submitit.core.utils import FailedJobError
 from mm1model.config import ConfigError
 
 EXECUTORS = ("local", "slurm", "debug")
+# ``replay:RUNS.csv``: answer each cell from a recorded runs table, no training (scaling.replay).
+REPLAY_PREFIX = "replay:"
 # What submitit.LocalExecutor reads (its docstring's list, plus setup and stderr_to_stdout); it
 # ignores any other key silently, so this layer checks them itself.
 LOCAL_PARAMETERS = ("gpus_per_node", "nodes", "setup", "signal_delay_s", "stderr_to_stdout", "tasks_per_node",
@@ -74,6 +78,28 @@ class InProcessExecutor:
 
     def map_array(self, fn: Callable[..., Any], *iterables: Any) -> list[FinishedJob]:
         return [self.submit(fn, *args) for args in zip(*iterables)]
+
+
+def is_replay(executor: str) -> bool:
+    """Whether ``executor`` names the replay executor, ``replay:RUNS.csv``."""
+    return executor.startswith(REPLAY_PREFIX)
+
+
+def replay_table_path(executor: str) -> Path:
+    """The runs table of ``replay:RUNS.csv``; a ConfigError when none is named."""
+    path = executor[len(REPLAY_PREFIX):].strip()
+    if not path:
+        raise ConfigError("--executor replay:RUNS.csv needs the recorded runs table after the colon")
+    return Path(path)
+
+
+def check_executor(executor: str) -> str:
+    """``executor`` when it is one of :data:`EXECUTORS` or ``replay:RUNS.csv``; a ConfigError otherwise."""
+    if executor not in EXECUTORS and not is_replay(executor):
+        raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}, {REPLAY_PREFIX}RUNS.csv")
+    if is_replay(executor):
+        replay_table_path(executor)
+    return executor
 
 
 def make_executor(kind: str, folder: str | Path, parameters: dict[str, Any] | None = None,

@@ -52,7 +52,9 @@ from mm1model.checkpoint import step_dir
 from mm1model.config import ConfigError, to_dict
 from mm1model.train_config import TrainConfig
 from scaling import cells
-from scaling.executors import check_slurm, job_failure, make_executor
+from scaling.executors import check_slurm, is_replay, job_failure, make_executor
+from scaling.replay import check_replay_sizes, replay_executor
+from scaling import adaptive
 from scaling.workers import WorkerPool
 from scaling.launch import format_status as format_launch_status, launch_status
 from scaling.runs import (LEFT, REBUILD_SWEEP_JSON, SizeStatus, cell_states, collect_runs, disk_bytes, format_bytes,
@@ -283,6 +285,8 @@ def run_sweep(config: SweepConfig | SweepPlan, *, wait: bool = True, progress: b
     plan = config if isinstance(config, SweepPlan) else plan_sweep(config)
     if plan.config.executor == "slurm":
         check_slurm()
+    if is_replay(plan.config.executor):
+        check_replay_sizes(plan.config.executor, [sp.size for sp in plan.sizes])
     parameters = executor_parameters(plan)  # bad resources fail here, before anything is written
     if keep_checkpoints is None:
         keep_checkpoints = plan.config.keep_checkpoints
@@ -425,6 +429,8 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
     if config.executor == "local":
         # warm workers: a cell pays no interpreter start and no imports (scaling.workers)
         executor = WorkerPool(plan.max_parallel, threads=int(plan.train.get("threads") or 1))
+    elif is_replay(config.executor):
+        executor = replay_executor(config.executor, config.replay_delay_s)
     else:
         executor = make_executor(config.executor, plan.out / ".submitit" / config.executor, parameters)
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": None, "since": time.time()}
@@ -571,6 +577,51 @@ def _drive(plan: SweepPlan, meta: dict[str, Any], parameters: dict[str, Any], *,
                        gave_up=sorted(gave_up))
 
 
+# ------------------------------------------------------------------------------------ adaptive
+def _settled_runs(out: Path) -> pd.DataFrame:
+    return collect_runs(out, lambda line: None) if (out / "sweep.json").exists() else pd.DataFrame()
+
+
+def run_adaptive(plan: SweepPlan, *, progress: bool = True, echo: Callable[[str], None] = print,
+                 keep_checkpoints: bool | None = None) -> SweepResult:
+    """Run (or continue) an adaptive sweep (:mod:`scaling.adaptive`): the sizes smallest first,
+    each a round of fixed sweeps (:func:`run_sweep`, so the same executors, records, locks and
+    resume) whose LRs :func:`scaling.adaptive.next_step` chooses from the cells on disk, until it
+    stops; why is recorded in DIR/adaptive.json. A rerun makes the same decisions from disk."""
+    config = plan.config
+    result: SweepResult | None = None
+    lrs: dict[str, tuple[float, ...]] = {}
+    done: list[str] = []
+    for sp in sorted(plan.sizes, key=lambda sp: sp.params):
+        while True:
+            runs = _settled_runs(plan.out)
+            meta = read_sweep_meta(plan.out) if (plan.out / "sweep.json").exists() else {"sizes": {}}
+            planned = sorted(set(meta["sizes"].get(sp.size, {}).get("lrs", [])))
+            mine = runs[runs["size"] == sp.size] if len(runs) else runs
+            if not planned:
+                before = runs[runs["size"].isin(done)] if len(runs) else runs
+                centre, spread = adaptive.size_prior(before, sp.params, math.log(config.center_factor * sp.mm1_lr))
+                planned = list(adaptive.first_lrs(centre, spread))
+            elif all((mine["lr"] == lr).sum() >= sp.seeds for lr in planned):
+                step = adaptive.next_step(mine, planned, config.target_halfwidth, config.max_points,
+                                          config.adaptive_bootstrap)
+                if step.stopped:
+                    adaptive.record_stop(plan.out, sp.size, step, len(planned))
+                    echo(f"{sp.size}: stopped after {len(planned)} LRs: {step.stopped}")
+                    break
+                echo(f"{sp.size}: adding lr {', '.join(f'{lr:.2e}' for lr in step.add)}")
+                planned = sorted(set(planned) | set(step.add))
+            lrs[sp.size] = tuple(planned)
+            sub = dataclasses.replace(config, mode="fixed", sizes=tuple(done + [sp.size]), lrs=(), lrs_by_size=dict(lrs),
+                                      max_extend=0, out=str(plan.out))
+            result = run_sweep(sub, progress=progress, echo=echo, keep_checkpoints=keep_checkpoints)
+        lrs[sp.size] = tuple(planned)
+        done.append(sp.size)
+    if result is None:
+        return SweepResult(dir=plan.out, status=sweep_status(plan.out, echo), extensions=[], gave_up=[])
+    return dataclasses.replace(result, status=sweep_status(plan.out, echo))
+
+
 # ------------------------------------------------------------------------------------ commands
 @dataclasses.dataclass
 class SweepsResult:
@@ -633,7 +684,10 @@ def run_sweeps(config_path: str | Path | None, arms: tuple[str, ...] | None = No
     for plan in plans:  # a dry run prints them in its description
         for warning in plan.warnings:
             echo(f"warning: {warning}")
-    sweeps = [run_sweep(plan, wait=not no_wait, echo=echo, keep_checkpoints=keep_checkpoints) for plan in plans]
+    if no_wait and any(plan.config.mode == "adaptive" for plan in plans):
+        raise ConfigError("--no-wait starts a fixed sweep in the background; an adaptive sweep runs in the foreground")
+    sweeps = [run_adaptive(plan, echo=echo, keep_checkpoints=keep_checkpoints) if plan.config.mode == "adaptive"
+              else run_sweep(plan, wait=not no_wait, echo=echo, keep_checkpoints=keep_checkpoints) for plan in plans]
     return SweepsResult(plans=plans, sweeps=sweeps, waited=not no_wait)
 
 

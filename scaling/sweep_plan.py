@@ -34,7 +34,7 @@ from mm1model.paper import mm1_peak_lr
 from mm1model.sizes import default_shape, get_size
 from mm1model.train_config import TrainConfig, model_config
 from scaling.cells import cell_name
-from scaling.executors import EXECUTORS
+from scaling.executors import check_executor, is_replay
 from scaling.plan import GB, PlanConfig, host_memory_bytes, make_plan, slurm_parameters
 
 # A local cell runs until it ends: submitit's default limit (2 min) would kill most of them.
@@ -118,7 +118,12 @@ class SweepConfig:
     warmup_fraction: float = 0.1
     max_retries: int = 2
     max_extend: int = 3
-    executor: str = "local"
+    mode: str = "fixed"  # or "adaptive": scaling.adaptive places each size's LRs as results arrive
+    target_halfwidth: float = 0.15  # adaptive: stop a size at this 95% half-width of ln lr*
+    max_points: int = 9  # adaptive: the most LRs per size
+    adaptive_bootstrap: int = 200  # adaptive: bootstrap draws of each size's interval
+    executor: str = "local"  # local | slurm | debug | replay:RUNS.csv (scaling.replay)
+    replay_delay_s: float = 0.0  # seconds each replayed cell takes (0: none)
     max_parallel: int | None = None
     memory_gb: float | None = None
     keep_checkpoints: bool = False
@@ -554,8 +559,12 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Validate a config and resolve it into a plan. Writes nothing; raises ConfigError."""
     if not config.sizes:
         raise ConfigError("no sizes: give --sizes (e.g. --sizes 100K,300K) or sizes in the sweep file")
-    if config.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {config.executor!r}; valid: {', '.join(EXECUTORS)}")
+    check_executor(config.executor)
+    if config.mode not in ("fixed", "adaptive"):
+        raise ConfigError(f"unknown mode {config.mode!r}; valid: fixed, adaptive")
+    if config.mode == "adaptive" and not (config.target_halfwidth > 0 and config.max_points >= 3):
+        raise ConfigError(f"adaptive mode needs target_halfwidth > 0 and max_points >= 3, got "
+                          f"{config.target_halfwidth} and {config.max_points}")
     for size, seeds in {"": config.seeds, **config.seeds_by_size}.items():
         if not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"seeds{'_by_size.' + size if size else ''} must be an integer >= 1, got {seeds!r}")
@@ -723,6 +732,8 @@ def check_memory(config: SweepConfig, train: dict[str, Any], plans: list[SizePla
     plans with their memory and the (possibly lowered) parallelism."""
     s = config.slurm
     local = config.executor != "slurm"
+    if is_replay(config.executor):
+        return plans, max_parallel  # nothing trains: a replayed cell needs no memory
     if local:
         budget = config.memory_gb if config.memory_gb is not None else host_available_gb()
         limit = budget
@@ -828,6 +839,10 @@ def describe_plan(plan: SweepPlan) -> str:
                  + (" (WSD branches counted at their cooldown)" if any(cell.trunk for cell in cells) else ""))
 
     lines += [f"warning: {w}" for w in plan.warnings]
+    if c.mode == "adaptive":
+        lines.append(f"adaptive: sizes smallest first, each from 3 LRs around its prior, adding LRs as results arrive "
+                     f"until the optimum's 95% interval is within +/-{c.target_halfwidth:g} in ln lr or it has "
+                     f"{c.max_points} LRs; the grid and cells above are what a fixed sweep would run")
     for cell in cells:
         after = (f"  (branch of {cell.trunk} from step {cell.branch_step})" if cell.trunk else
                  f"  (trunk, saves steps {', '.join(map(str, cell.save_steps))})" if cell.save_steps else "")

@@ -4,7 +4,7 @@ Each subcommand lives in its own module here, parses its flags, calls one librar
 prints what it returns: ``sweep`` (:func:`scaling.sweep.run_sweeps`), ``status``
 (:func:`scaling.sweep.run_status`), ``collect`` (:func:`scaling.sweep.run_collect`), ``launch``
 (:func:`scaling.launch.run_launch`), ``data``, ``fit``, ``sizes``, ``coord-check``, ``compare``,
-``holdout`` (:func:`scaling.holdout.holdout`), ``summary``, ``export`` (:func:`mm1model.export.export_run`). Each module defines a plain
+``holdout`` (:func:`scaling.holdout.holdout`), ``design`` (:func:`scaling.design.run_design`), ``summary``, ``export`` (:func:`mm1model.export.export_run`). Each module defines a plain
 click command and this one adds them, so no command module imports this package. Bad input anywhere raises :class:`mm1model.config.ConfigError`; this group turns it
 into one line on stderr and exit code 2.
 """
@@ -17,6 +17,7 @@ from scaling.cli.collect import collect_command
 from scaling.cli.compare import compare_command
 from scaling.cli.coord_check import coord_check_command
 from scaling.cli.data import data_group
+from scaling.cli.design import design_command
 from scaling.cli.export import export_command
 from scaling.cli.fit import fit_command
 from scaling.cli.holdout import holdout_command
@@ -43,7 +44,7 @@ def main() -> None:
 
 # In the order of the workflow: look at the sizes, sweep, watch, collect, fit, launch, export;
 # then the transfer tools and the data.
-for _command in (sizes_command, sweep_command, status_command, collect_command, fit_command, holdout_command,
+for _command in (sizes_command, design_command, sweep_command, status_command, collect_command, fit_command, holdout_command,
                  summary_command,
                  launch_command, export_command, coord_check_command, compare_command, data_group):
     main.add_command(_command)

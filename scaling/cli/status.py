@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mm1model.config import ConfigError
+from scaling.adaptive import stop_lines
 from scaling.sweep import run_status, watch_status
 
 
@@ -16,9 +17,11 @@ from scaling.sweep import run_status, watch_status
 def status_command(sweep_dir, watch, watch_count) -> None:
     """Per size: cells done / running / failed / diverged and the best LR so far, why each failed
     cell failed and the disk the sweep takes; for a `scaling launch` directory, its job and
-    training progress."""
+    training progress; for an adaptive sweep, why each size stopped."""
     if watch is None:
         click.echo(run_status(sweep_dir).summary())
+        for line in stop_lines(sweep_dir):  # an adaptive sweep: why each size stopped
+            click.echo(line)
         return
     if watch <= 0:
         raise ConfigError(f"--watch takes a number of seconds > 0, got {watch:g}")

@@ -48,8 +48,9 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--horizon-unit", type=click.Choice(["steps", "tokens"]), default=None,
               help="Unit of the horizons [steps]; tokens -> steps = ceil(tokens / (batch x seq_len)) per batch.")
 @click.option("--batch-sizes", help="Comma-separated global batch sizes (sequences) of every size, e.g. 8,16.")
-@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
-              help="local: subprocesses on this machine; slurm: a job array; debug: in-process.")
+@click.option("--executor", default=None,
+              help=f"{' | '.join(EXECUTORS)} | replay:RUNS.csv. local: subprocesses on this machine; slurm: a job "
+                   "array; debug: in-process; replay: answer each cell from a recorded runs table, no training.")
 @click.option("--max-parallel", type=int, help="Most cells running at once.")
 @click.option("--batch-size", type=int, help="Global batch in sequences [CPU sizes 8, the paper's 512].")
 @click.option("--micro-batch-size", type=int, help="Sequences per process per forward (gradient accumulation).")
@@ -71,18 +72,23 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--no-wait", is_flag=True, help="Start the sweep in the background and print its directory.")
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Keep the newest checkpoint of each finished cell (default: remove them once a cell is final).")
+@click.option("--adaptive", is_flag=True, default=None,
+              help="Adaptive mode: sizes smallest first, each from 3 LRs around the prior, LRs added where they "
+                   "narrow the optimum until its 95%% interval is within --target-halfwidth or --max-points.")
+@click.option("--target-halfwidth", type=float, help="Adaptive: stop a size at this 95%% half-width of ln lr* [0.15].")
+@click.option("--max-points", type=int, help="Adaptive: the most LRs per size [9].")
 @click.option("--dry-run", is_flag=True, help="List cells, LRs and resources per job; submit nothing.")
 def sweep_command(sizes, config_path, lrs, points, span, seeds, steps, tokens, horizons, horizon_unit, batch_sizes,
                   executor, max_parallel, batch_size,
                   micro_batch_size, seq_len, memory_gb, max_retries, parametrization, base_size, alpha, init_lm, init_vit,
-                  out, arms,
-                  no_wait, keep_checkpoints, dry_run) -> None:
+                  out, arms, no_wait, keep_checkpoints, adaptive, target_halfwidth, max_points, dry_run) -> None:
     """Run (or resume) a learning-rate grid: one trainer run per (size, lr, batch, horizon, seed).
     A sweep file with arms runs each arm as its own sweep, in OUT/ARM."""
     flags = dict(sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()) if sizes is not None else None,
                  lrs=_floats(lrs, "--lrs"), points=points, span=span, seeds=seeds, steps=steps, tokens=tokens,
                  horizons=_ints(horizons, "--horizons"), horizon_unit=horizon_unit,
                  batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+                 mode="adaptive" if adaptive else None, target_halfwidth=target_halfwidth, max_points=max_points,
                  executor=executor, max_parallel=max_parallel, max_retries=max_retries, out=out, memory_gb=memory_gb,
                  model={"parametrization": parametrization, "base_size": base_size, "alpha": alpha},
                  init={"lm": init_lm, "vit": init_vit},
