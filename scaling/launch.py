@@ -194,7 +194,7 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     the_plan = make_plan(plan_config, job_name=f"mm1-{size}")
     out = Path(out) if out is not None else Path("launches") / size
     extra = dict(train or {})
-    data = extra.pop("data", {})
+    data = {"num_workers": the_plan.loader_workers, **extra.pop("data", {})}
     unknown = sorted(set(extra) - set(TRAIN_FIELDS))
     if unknown:
         raise ConfigError(f"unknown train key(s) {', '.join(unknown)}; valid: {', '.join(TRAIN_FIELDS)}")

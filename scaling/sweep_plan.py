@@ -35,7 +35,7 @@ from mm1model.sizes import default_shape, get_size
 from mm1model.train_config import TrainConfig, model_config
 from scaling.cells import cell_name
 from scaling.executors import check_executor, is_replay
-from scaling.plan import GB, PlanConfig, host_memory_bytes, make_plan, slurm_parameters
+from scaling.plan import GB, PlanConfig, host_memory_bytes, loader_workers, make_plan, slurm_parameters
 
 # A local cell runs until it ends: submitit's default limit (2 min) would kill most of them.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
@@ -601,6 +601,8 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     default_batch, default_seq_len = max(shapes)
     train.setdefault("batch_size", default_batch)
     train["data"] = {"seq_len": default_seq_len, **(train.get("data") or {})}
+    if config.executor == "slurm" and config.slurm.gpus_per_node > 0:  # a GPU cell packs its data in workers
+        train["data"].setdefault("num_workers", loader_workers("cuda", config.slurm.cpus_per_task))
     # the settings every cell shares; a cell's warmup and decay are its own (checked per cell below)
     shared_opt = {k: v for k, v in (train.get("optimizer") or {}).items() if k not in ("warmup_steps", "decay_steps")}
     probe = from_dict(TrainConfig, {**train, "optimizer": shared_opt, "size": config.sizes[0]}, where="[train]")

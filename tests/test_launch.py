@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from mm1model.config import ConfigError
 from scaling.cli import main
 from scaling.fit import FitResult
+from scaling.launch import prepare_launch
 from scaling.plan import PlanConfig, head_bytes, make_plan, memory_estimate, parse_time
 from mm1model.sizes import get_size
 
@@ -43,6 +44,8 @@ def test_30b_mm1_dry_run_prints_recipe_and_plan():
     assert "memory/GPU 71.7 GB" in out
     assert "94,915 GPU-hours" in out
     assert "ntasks_per_node=8" in out and "gpus_per_node=8" in out
+    # 8 CPUs per GPU task: 7 pack the data, one drives the GPU
+    assert "loader     7 data loader worker(s) per rank (data.num_workers), batches pinned" in out
 
 
 def test_30b_dry_run_json_has_the_issue_keys_with_pinned_values():
@@ -62,6 +65,9 @@ def test_30b_dry_run_json_has_the_issue_keys_with_pinned_values():
     assert plan["origins"]["peak_lr"] == "paper"
     assert plan["plan"]["slurm"] == {"job_name": "mm1-30B", "nodes": 2, "ntasks_per_node": 8, "cpus_per_task": 8,
                                      "time": 1440, "signal_delay_s": 507, "gpus_per_node": 8}
+    assert plan["plan"]["loader_workers"] == 7
+    assert prepare_launch("30B", reference="mm1").train.data.num_workers == 7  # the trainer gets the plan's
+    assert prepare_launch("85M", reference="mm1", executor="local").train.data.num_workers == 0  # CPU: none
 
 
 def test_flags_override_with_user_origin():

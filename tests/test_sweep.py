@@ -73,6 +73,8 @@ def test_shipped_sweep_files_plan():
     mm1 = plan_sweep(load_sweep_config(ROOT / "sweeps" / "mm1.toml", executor="slurm"))
     assert [s.size for s in mm1.sizes] == ["9M", "85M", "302M", "1.2B"]
     assert mm1.n_cells == 28 and mm1.sizes[0].tokens == 5000 * 512 * 4096
+    # a GPU cell packs data in cpus_per_task - 1 loader workers; a CPU cell in its own process
+    assert mm1.train["data"]["num_workers"] == 7 and cpu.train["data"]["num_workers"] == 0
     transfer = ROOT / "sweeps" / "transfer.toml"
     assert sweep_arms(transfer) == ("sp-width", "mup-width", "sp-depth", "completep-depth")
     arms = {arm: plan_sweep(load_sweep_config(transfer, arm=arm, out="/tmp/x"))
