@@ -78,8 +78,10 @@ def _torchrun(nproc: int, config_path: Path, **popen) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_saved_by_4_processes_killed_then_resumed_by_2_follows_the_4_process_run(corpus, tmp_path):  # noqa: F811
-    """torchrun x4, checkpoint at step 10, kill -9, torchrun x2 on the same run directory.
+def test_saved_by_4_processes_killed_then_resumed_by_2_follows_a_straight_run(corpus, tmp_path):  # noqa: F811
+    """torchrun x4, checkpoint at step 10, kill -9, torchrun x2 on the same run directory, against
+    a straight run of 2 processes (cheaper on 2 cores than one of 4; the data order does not
+    depend on the world size).
 
     Tolerance: 1e-4 nats on every step's loss, as for 2 processes against 1
     (tests/test_train_dist.py): the world size changes the order of the gradient reductions, so
@@ -92,7 +94,7 @@ def test_saved_by_4_processes_killed_then_resumed_by_2_follows_the_4_process_run
         config = small(corpus, tmp_path / name, **common)
         paths[name] = tmp_path / f"{name}.json"
         records.write_json(paths[name], to_dict(config))
-    straight = _torchrun(4, paths["straight"])
+    straight = _torchrun(2, paths["straight"])
     assert straight.wait(timeout=600) == 0, straight.stderr.read()[-3000:]
 
     killed_dir = tmp_path / "killed"
