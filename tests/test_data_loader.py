@@ -190,3 +190,5 @@ def test_the_data_bench_reports_supply_per_worker_count_beside_the_planners_dema
     assert need["step_time_s"] == pytest.approx(plan.step_time_s, rel=1e-12) and need["gpus"] == 8
     assert need["sequences_per_s"] == pytest.approx(512 / 8 / plan.step_time_s)  # MM1's batch over 8 ranks
     assert need["busy"]["1"] == pytest.approx(min(1.0, supply1["sequences_per_s"] / need["sequences_per_s"]))
+    # in the training process, packing and the step take turns
+    assert need["busy"]["0"] == pytest.approx(supply0["sequences_per_s"] / (supply0["sequences_per_s"] + need["sequences_per_s"]))

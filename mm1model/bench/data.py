@@ -11,9 +11,10 @@ Demand: the planner's step time without activation checkpointing (the FLOPs mode
 :func:`mm1model.counting.step_flops` at ``mfu`` of the GPUs' dense bf16 peak; the planner's
 ``step_time_s`` where it keeps activations, longer where it recomputes them, so this is the most a
 step can ask) for each sweep size, with the images per sequence measured here; a rank needs
-``batch_size / world_size`` sequences per step time. ``busy`` is supply / demand,
-capped at 1: the fraction of the time the GPU would compute if loading did not overlap it
-(with workers it does overlap, so the GPU is busy while supply >= demand).
+``batch_size / world_size`` sequences per step time. ``busy``: the fraction of the time the GPU
+computes (:func:`gpu_busy`). In the training process (0 workers) packing and the step take turns,
+so a step of ``d`` sequences at demand ``D`` and supply ``S`` takes ``d/D + d/S``: busy =
+S / (S + D). Loader workers pack while the GPU computes: busy = min(1, S / D).
 """
 from __future__ import annotations
 
@@ -68,6 +69,14 @@ def demand(size: str, images_per_sequence: float, seq_len: int = paper.SEQ_LEN, 
             "sequences_per_s": per_rank / step_time, "images_per_s": per_rank * images / step_time}
 
 
+def gpu_busy(workers: int, supply_per_s: float, demand_per_s: float) -> float:
+    """The fraction of the time the GPU computes when ``workers`` loader workers (0: the training
+    process itself) pack ``supply_per_s`` sequences/s and its steps consume ``demand_per_s``."""
+    if workers == 0:
+        return supply_per_s / (supply_per_s + demand_per_s)
+    return min(1.0, supply_per_s / demand_per_s)
+
+
 def data_bench(workers: tuple[int, ...] = (0, 1, 2), sizes: tuple[str, ...] = SWEEP_SIZES, mfu: float = DEFAULT_MFU,
                gpu: str = "H100", gpus: int = 8, batch_size: int = paper.BATCH_SIZE,
                echo: Callable[[dict[str, Any]], None] = lambda _: None, **settings: Any) -> list[dict[str, Any]]:
@@ -83,8 +92,8 @@ def data_bench(workers: tuple[int, ...] = (0, 1, 2), sizes: tuple[str, ...] = SW
     for size in sizes:
         need = demand(size, images, seq_len=supplies[0]["seq_len"], max_images=supplies[0]["max_images"],
                       batch_size=batch_size, gpus=gpus, gpu=gpu, mfu=mfu)
-        record = {"kind": "demand", **need, "busy": {str(r["workers"]): min(1.0, r["sequences_per_s"] / need["sequences_per_s"])
-                                                     for r in supplies}}
+        busy = {str(r["workers"]): gpu_busy(r["workers"], r["sequences_per_s"], need["sequences_per_s"]) for r in supplies}
+        record = {"kind": "demand", **need, "busy": busy}
         echo(record)
         demands.append(record)
     return supplies + demands
