@@ -156,6 +156,9 @@ class Verdict:
             return f"{self.winner} lower"
         if self.difference.undefined > UNDEFINED_LIMIT:
             return f"no verdict: undefined in {self.difference.undefined:.0%} of draws"
+        if self.difference.degenerate:
+            return (f"no verdict: the interval ends at the difference itself ({self.n_seeds} seeds per size give "
+                    "too few distinct resamples)")
         if self.seeds_needed is None:
             return "no verdict at this budget (over 1000 seeds per size: the difference is small against its spread)"
         return f"no verdict at this budget (~{self.seeds_needed} seeds per size would settle it)"

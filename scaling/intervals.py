@@ -53,9 +53,19 @@ class Interval:
         return cls(float(value), float(lo), float(hi), sd, undefined)
 
     @property
+    def degenerate(self) -> bool:
+        """One end of the interval is the figure itself and the other is not: the draws never
+        fell on one side of it. Few seeds do that (a size with 2 seeds has 3 distinct
+        resamples), and a t widening of a zero distance stays zero, so such an interval measures
+        no spread on that side. (Draws that all equal the figure are a figure without noise.)"""
+        return (self.lo == self.value) != (self.hi == self.value)
+
+    @property
     def excludes_zero(self) -> bool:
-        """The interval lies wholly on one side of 0, and the figure is defined in enough draws."""
-        return self.undefined <= UNDEFINED_LIMIT and (self.lo > 0 or self.hi < 0)
+        """The interval lies wholly on one side of 0, is not :attr:`degenerate`, and the figure
+        is defined in enough draws."""
+        return (self.undefined <= UNDEFINED_LIMIT and not self.degenerate
+                and (self.lo > 0 or self.hi < 0))
 
     def text(self, spec: str = "+.3f") -> str:
         """``+0.350 [+0.101, +0.622]``; ``-`` for an undefined value."""

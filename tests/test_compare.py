@@ -29,7 +29,7 @@ from mm1model.train import build_model
 from mm1model.train_config import TrainConfig, resolve
 from scaling.cells import cell_name
 from scaling.cli import main
-from scaling.compare import compare, compare_runs, load_runs, single_parametrization
+from scaling.compare import Verdict, compare, compare_runs, load_runs, single_parametrization
 from scaling.intervals import Interval, seeds_to_settle, small_sample_factor
 from scaling.runs import Parametrization
 from scaling.sweep_plan import load_sweep_config, plan_sweep
@@ -306,6 +306,15 @@ def test_no_verdict_when_the_interval_spans_zero():
     # one seed per size: no interval, so no verdict
     single = compare_runs(synthetic_runs(rng, 0.3, 1), select="argmin", bootstrap=50)
     assert all(x.winner is None and math.isnan(x.difference.lo) for x in single.verdicts)
+
+
+def test_an_interval_ending_at_its_figure_is_no_verdict():
+    # the 2-seed set of the measured transfer run: every draw at or below the value
+    ended = Interval(-0.107, lo=-1.388, hi=-0.107, sd=0.3)
+    assert ended.degenerate and not ended.excludes_zero
+    assert Interval(-0.107, lo=-1.388, hi=-0.02).excludes_zero
+    v = Verdict("depth", "completep", "best loss", ended, n_seeds=2, seeds_needed=None)
+    assert v.winner is None and v.text.startswith("no verdict: the interval ends at the difference itself")
 
 
 def test_the_power_estimate():
