@@ -36,7 +36,8 @@ minus SP's road" (lower is better) of the loss at the road's LR (best loss + reg
 LR reused against SP's fitted law), the regret, the |octaves| of the prediction, the best loss at
 the held-out size and |slope|. A verdict is given only where the difference's interval excludes
 zero; otherwise "no verdict at this budget", with the seeds per size that a power estimate (a
-two-sided 5% test at 80% power, the bootstrap sd shrinking as 1/sqrt(seeds)) says would settle it.
+two-sided 5% test at 80% power, the spread read off the interval's side towards zero and
+shrinking as 1/sqrt(seeds): :func:`scaling.intervals.seeds_to_settle`) says would settle it.
 
 **Metrics**: ``overall`` (the final validation loss) or ``text`` (the final validation loss on
 the text-only source, ``val_loss_by_source["text"]`` of each result.json): the image path's

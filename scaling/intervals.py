@@ -84,19 +84,40 @@ def small_sample_factor(n_seeds: int) -> float:
 
 
 def seeds_to_settle(difference: Interval, n_seeds: int, limit: int = 1000) -> int | None:
-    """Seeds per size at which a difference of this size would, with 80% power, fall outside
-    zero's side of its interval, if the bootstrap sd shrinks as 1/sqrt(seeds): the fewest m with
-    (t(0.975, m - 1) + z(0.8)) sd sqrt(n / m) <= |value| (the interval of :meth:`Interval.of`).
-    None without a finite sd, with a zero difference, or beyond ``limit``."""
-    if not (math.isfinite(difference.sd) and math.isfinite(difference.value)) or difference.value == 0:
+    """Seeds per size at which a difference of this size would, with 80% power, have an interval
+    (:meth:`Interval.of`'s, widened for ``n_seeds`` seeds per size) that excludes zero, if its
+    spread shrinks as 1/sqrt(seeds): the fewest m with
+    (t(0.975, m - 1) + z(0.8)) spread sqrt(n / m) <= |value|.
+
+    The spread is read off the interval's side towards zero, the side a verdict has to clear:
+    the distance from the figure to the bound nearer zero, over the quantile that side was drawn
+    at (t(0.975, n - 1)). A percentile interval can be skewed, so the draws' sd may say a
+    difference is settled when the side towards zero says it is not. Where that side measures no
+    spread (a :attr:`~Interval.degenerate` interval) the other side's distance is used. The
+    answer is more than ``n_seeds`` whenever the interval gives no verdict (it does not
+    :attr:`~Interval.excludes_zero`): an interval spanning zero gives that by construction, a
+    degenerate one or one undefined in too many draws by a floor of ``n_seeds + 1``.
+    None without an interval (no draws, fewer than 2 seeds, an infinite bound), with a zero
+    difference, or beyond ``limit``."""
+    value = difference.value
+    if n_seeds < 2 or not math.isfinite(value) or value == 0 or math.isnan(difference.lo):
         return None
+    near, far = (difference.lo, difference.hi) if value > 0 else (difference.hi, difference.lo)
+    distance = abs(value - near) if abs(value - near) > 0 else abs(far - value)
+    if not (math.isfinite(distance) and distance > 0):
+        return None
+    spread = distance / float(student_t.ppf(0.975, n_seeds - 1))
     m = np.arange(2, limit + 1)
-    settled = (_t975(limit) + Z_POWER) * difference.sd * np.sqrt(n_seeds / m) <= abs(difference.value)
-    return int(m[np.argmax(settled)]) if settled.any() else None
+    settled = (_t975(limit) + Z_POWER) * spread * np.sqrt(n_seeds / m) <= abs(value)
+    if not settled.any():
+        return None
+    needed = int(m[np.argmax(settled)])
+    return needed if difference.excludes_zero else max(needed, n_seeds + 1)
 
 
 @functools.lru_cache(maxsize=None)
 def _t975(limit: int) -> np.ndarray:
+    """t(0.975, df) for df = 1 .. limit - 1 (m = 2 .. limit seeds)."""
     return student_t.ppf(0.975, np.arange(1, limit))
 
 

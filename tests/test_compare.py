@@ -318,11 +318,27 @@ def test_an_interval_ending_at_its_figure_is_no_verdict():
 
 
 def test_the_power_estimate():
-    # difference 0.1 with a bootstrap sd of 0.1 at 2 seeds: (t(0.975, m - 1) + 0.84) x 0.1 x sqrt(2 / m)
-    # <= 0.1 first at m = 18 (2.952 x 0.0333 = 0.098; at 17, 2.961 x 0.0343 = 0.102)
-    assert seeds_to_settle(Interval(0.1, sd=0.1), 2) == 18
-    assert seeds_to_settle(Interval(0.0, sd=0.1), 2) is None and seeds_to_settle(Interval(0.1), 2) is None
-    assert seeds_to_settle(Interval(1e-4, sd=1.0), 2) is None  # beyond 1000 seeds
+    # The spread is the interval's side towards zero over t(0.975, n - 1): difference 0.1 whose
+    # lower bound lies 12.706 x 0.1 below it at 2 seeds (spread 0.1): (t(0.975, m - 1) + 0.84)
+    # x 0.1 x sqrt(2 / m) <= 0.1 first at m = 18 (2.952 x 0.0333 = 0.098; at 17, 0.102)
+    assert seeds_to_settle(Interval(0.1, lo=0.1 - 12.7062 * 0.1, hi=0.3, sd=0.5), 2) == 18
+    # A skewed interval: its draws' sd (0.012) would say 4 seeds settle it, the seeds in hand.
+    # Its side towards zero, 0.06 = 3.182 spreads of 0.0189, says 7: (t(0.975, 6) + 0.84) x
+    # 0.0189 x sqrt(4 / 7) = 0.047 <= 0.05, at 6 seeds 0.053.
+    skewed = Interval(-0.05, lo=-0.2, hi=0.01, sd=0.012)
+    assert not skewed.excludes_zero and seeds_to_settle(skewed, 4) == 7
+    # no verdict always asks for more seeds than it had: an interval ending at its figure on the
+    # side towards zero reads the other side's spread (1.281 / 12.706), then at least n + 1
+    assert seeds_to_settle(Interval(-0.107, lo=-1.388, hi=-0.107), 2) == 16
+    assert seeds_to_settle(Interval(-0.5, lo=-0.6, hi=-0.5), 4) == 5
+    for value in (-0.3, -0.05, 0.02, 0.2):  # every interval spanning zero, from 2 to 10 seeds
+        for n in range(2, 11):
+            for lo, hi in ((-0.31, 0.25), (value - 0.4, 0.001), (-0.001, value + 0.4)):
+                needed = seeds_to_settle(Interval(value, lo=min(lo, value), hi=max(hi, value)), n)
+                assert needed is None or needed > n, (value, n, lo, hi)
+    assert seeds_to_settle(Interval(0.0, lo=-0.1, hi=0.1), 2) is None
+    assert seeds_to_settle(Interval(0.1, sd=0.1), 2) is None  # no interval (no draws)
+    assert seeds_to_settle(Interval(1e-4, lo=-1.0, hi=1.0), 2) is None  # beyond 1000 seeds
 
 
 def test_seed_sets_text_metric_and_agreement(tmp_path):
