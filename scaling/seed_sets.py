@@ -1,7 +1,9 @@
 """`scaling compare` on disjoint seed sets of one sweep (``--seed-sets 0,1/2,3``): the comparison
 of :mod:`scaling.compare` on each set and metric, and whether the sets' verdicts agree. One
 sweep of 4 paired seeds split into {0, 1} and {2, 3} is "the comparison run twice with
-different seeds" for the price of one sweep.
+different seeds" for the price of one sweep. Agreement is counted three ways: figures where
+every set gives the same verdict, figures where no set gives one (an agreement of absences,
+flagged when it is all there is), and figures whose verdicts differ.
 """
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ from mm1model import records
 from mm1model.config import ConfigError
 from scaling.compare import (DEFAULT_BOOTSTRAP, METRICS, CompareResult, compare_runs, json_safe, load_runs,
                              write_result)
+
+
+# How the verdicts of several seed sets on one figure relate (:meth:`SeedSetsResult.agreement`).
+AGREEMENT = ("same", "none", "differ")
+STATUS_TEXT = {"same": "same verdict", "none": "no verdict in any", "differ": "differ"}
 
 
 def _shown(seeds: Sequence[int]) -> str:
@@ -44,23 +51,31 @@ def parse_seed_sets(text: str) -> list[list[int]]:
 @dataclasses.dataclass
 class SeedSetsResult:
     """The comparison on each of several disjoint seed sets, per metric, and whether their
-    verdicts agree: ``results[metric]`` holds one :class:`CompareResult` per seed set."""
+    verdicts agree (:meth:`agreement`): ``results[metric]`` holds one :class:`CompareResult` per
+    seed set."""
 
     results: dict[str, list[CompareResult]]
     files: list[Path] = dataclasses.field(default_factory=list)
 
-    def agreement(self, metric: str) -> list[dict[str, Any]]:
-        """Per (family, road, figure): each set's verdict (the lower road's label, or None), and
-        ``agree`` (all the same, "no verdict" included) and ``contradict`` (two sets name
-        different roads)."""
-        rows = []
+    def agreement(self, metric: str) -> dict[str, Any]:
+        """Whether the seed sets' verdicts on ``metric`` agree. ``rows``, per (family, road,
+        figure): each set's verdict (the lower road's label, or None for no verdict) and its
+        ``status``: ``same`` (every set names the same road), ``none`` (no set gives a verdict:
+        an agreement of absences, not of verdicts) or ``differ`` (a verdict some set does not
+        share), with ``contradict`` where two sets name different roads. ``counts``: rows per
+        status and the contradictions; ``any_verdict``: whether any set gave any verdict."""
         by_set = [{(v.family, v.label, v.figure): v for v in r.verdicts} for r in self.results[metric]]
-        for key in by_set[0]:
+        keys = list(dict.fromkeys(key for s in by_set for key in s))
+        rows = []
+        for key in keys:
             winners = [s[key].winner if key in s else None for s in by_set]
             named = {w for w in winners if w is not None}
+            status = "none" if not named else ("same" if len(set(winners)) == 1 else "differ")
             rows.append({"family": key[0], "label": key[1], "figure": key[2], "verdicts": winners,
-                         "agree": len(set(winners)) == 1, "contradict": len(named) > 1})
-        return rows
+                         "status": status, "contradict": len(named) > 1})
+        counts = {status: sum(r["status"] == status for r in rows) for status in AGREEMENT}
+        counts["contradict"] = sum(r["contradict"] for r in rows)
+        return {"rows": rows, "counts": counts, "any_verdict": counts["same"] + counts["differ"] > 0}
 
     def summary(self) -> str:
         lines = []
@@ -69,25 +84,29 @@ class SeedSetsResult:
                 lines += [f"=== metric {metric}, seeds {_shown(result.seeds)}", result.table(), ""]
             if len(results) < 2:
                 continue
-            rows = self.agreement(metric)
+            found = self.agreement(metric)
             sets = " vs ".join(_shown(r.seeds) for r in results)
             lines += [f"=== agreement of the verdicts, metric {metric}, seeds {sets}",
-                      f"{'family':<6} {'road':<16} {'figure':<21} {'verdicts':<28} agree"]
-            for row in rows:
+                      f"{'family':<6} {'road':<16} {'figure':<21} {'verdicts':<28} agreement"]
+            for row in found["rows"]:
                 shown = " | ".join(w or "none" for w in row["verdicts"])
-                agree = "yes" if row["agree"] else ("CONTRADICT" if row["contradict"] else "no")
-                lines.append(f"{row['family']:<6} {row['label']:<16} {row['figure']:<21} {shown:<28} {agree}")
-            n_agree = sum(r["agree"] for r in rows)
-            n_contra = sum(r["contradict"] for r in rows)
-            lines += [f"{n_agree} of {len(rows)} verdicts agree; {n_contra} contradict", ""]
+                status = "CONTRADICT" if row["contradict"] else STATUS_TEXT[row["status"]]
+                lines.append(f"{row['family']:<6} {row['label']:<16} {row['figure']:<21} {shown:<28} {status}")
+            n = found["counts"]
+            lines.append(f"of {len(found['rows'])} figures: {n['same']} the same verdict in every set, "
+                         f"{n['none']} no verdict in any set, {n['differ']} differ ({n['contradict']} contradict)")
+            if not found["any_verdict"]:
+                lines.append("NO VERDICT in any set: the sets agree only in that neither tells the roads apart "
+                             "at this budget")
+            lines.append("")
         if self.files:
             lines.append(f"wrote {', '.join(map(str, self.files))}")
         return "\n".join(lines).rstrip()
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({metric: {"seed_sets": [r.seeds for r in results],
-                                "agreement": self.agreement(metric) if len(results) > 1 else None}
-                       for metric, results in self.results.items()})
+                                   "agreement": self.agreement(metric) if len(results) > 1 else None}
+                          for metric, results in self.results.items()})
 
 
 def compare_seed_sets(sweep_dirs: list[str | Path], seed_sets: Sequence[Sequence[int]], metrics: Sequence[str] = ("overall",),
@@ -100,7 +119,6 @@ def compare_seed_sets(sweep_dirs: list[str | Path], seed_sets: Sequence[Sequence
     runs = load_runs(sweep_dirs)
     return SeedSetsResult({metric: [compare_runs(runs, select, metric, seeds, bootstrap, bootstrap_seed)
                                     for seeds in seed_sets] for metric in metrics})
-
 
 
 def run_compare_seed_sets(sweep_dirs: list[str | Path], seed_sets: Sequence[Sequence[int]], out: str | Path | None = None,

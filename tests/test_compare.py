@@ -29,9 +29,10 @@ from mm1model.train import build_model
 from mm1model.train_config import TrainConfig, resolve
 from scaling.cells import cell_name
 from scaling.cli import main
-from scaling.compare import Verdict, compare, compare_runs, load_runs, single_parametrization
+from scaling.compare import FIGURES, CompareResult, Verdict, compare, compare_runs, load_runs, single_parametrization
 from scaling.intervals import Interval, seeds_to_settle, small_sample_factor
 from scaling.runs import Parametrization
+from scaling.seed_sets import SeedSetsResult
 from scaling.sweep_plan import load_sweep_config, plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,8 +355,10 @@ def test_seed_sets_text_metric_and_agreement(tmp_path):
     assert "=== metric text, seeds 2,3" in result.output
     assert "=== agreement of the verdicts, metric overall, seeds 0,1 vs 2,3" in result.output
     record = json.loads((out / "agreement.json").read_text())
-    rows = {r["figure"]: r for r in record["overall"]["agreement"]}
-    assert rows["best loss"]["verdicts"] == ["sp", "sp"] and rows["best loss"]["agree"]
+    rows = {r["figure"]: r for r in record["overall"]["agreement"]["rows"]}
+    assert rows["best loss"]["verdicts"] == ["sp", "sp"] and rows["best loss"]["status"] == "same"
+    assert record["overall"]["agreement"]["any_verdict"] is True
+    assert sum(record["overall"]["agreement"]["counts"][k] for k in ("same", "none", "differ")) == len(rows)
     text = json.loads((out / "text" / "seeds=0,1" / "compare.json").read_text())
     overall = json.loads((out / "overall" / "seeds=0,1" / "compare.json").read_text())
     assert text["seeds"] == [0, 1] and text["metric"] == "text"
@@ -368,6 +371,36 @@ def test_seed_sets_text_metric_and_agreement(tmp_path):
                           (["--seeds", "7"], "error: seed(s) 7 have no run in these sweeps (seeds run: 0,1,2,3)")):
         bad = CliRunner().invoke(main, ["compare", str(sp), str(mup), "--bootstrap", "0", *args])
         assert bad.exit_code == 2 and bad.output.strip() == message
+
+
+def test_agreement_keeps_absences_apart_from_verdicts():
+    def result(seeds, winners):
+        verdicts = []
+        for figure, winner in zip(FIGURES, winners):
+            # a verdict for muP (below zero), for SP (above), or an interval spanning zero
+            lo, hi = {"mup": (-0.3, -0.1), "sp": (0.1, 0.3), None: (-0.1, 0.1)}[winner]
+            verdicts.append(Verdict("width", "mup", figure, Interval((lo + hi) / 2 or 0.01, lo, hi), 2, 9))
+        return CompareResult([], [], [], [], verdicts, seeds=seeds)
+
+    mixed = SeedSetsResult({"overall": [result([0, 1], ["sp", None, "mup", None, "sp"]),
+                                        result([2, 3], ["sp", None, "sp", "mup", None])]})
+    found = mixed.agreement("overall")
+    assert [r["status"] for r in found["rows"]] == ["same", "none", "differ", "differ", "differ"]
+    assert [r["contradict"] for r in found["rows"]] == [False, False, True, False, False]
+    assert found["counts"] == {"same": 1, "none": 1, "differ": 3, "contradict": 1} and found["any_verdict"]
+    lines = mixed.summary().splitlines()
+    assert lines[-1] == "of 5 figures: 1 the same verdict in every set, 1 no verdict in any set, 3 differ (1 contradict)"
+    assert lines[-6].split()[-2:] == ["same", "verdict"] and lines[-5].endswith("no verdict in any")
+    assert lines[-4].endswith("CONTRADICT") and lines[-3].endswith("differ")
+    assert json.loads(json.dumps(mixed.to_json()))["overall"]["agreement"]["counts"]["differ"] == 3
+    # every figure "agrees" because no set gave a verdict: said, not counted as agreement
+    empty = SeedSetsResult({"overall": [result([0, 1], [None] * 5), result([2, 3], [None] * 5)]})
+    found = empty.agreement("overall")
+    assert found["counts"] == {"same": 0, "none": 5, "differ": 0, "contradict": 0} and not found["any_verdict"]
+    assert empty.summary().splitlines()[-2:] == [
+        "of 5 figures: 0 the same verdict in every set, 5 no verdict in any set, 0 differ (0 contradict)",
+        "NO VERDICT in any set: the sets agree only in that neither tells the roads apart at this budget"]
+    assert "NO VERDICT" not in mixed.summary()
 
 
 def test_text_metric_needs_per_source_losses(sweeps):
