@@ -3,17 +3,22 @@
 ``--executor replay:RUNS.csv`` (or ``executor = "replay:RUNS.csv"`` in a sweep file) drives a
 sweep exactly as the local executor does (the same cell directories, ``attempts.json``, locks,
 resume and edge extensions), but a cell's ``result.json`` is the recorded run that answers it:
-at the cell's size (and batch and horizon, where the table records several), **the recorded LR
-nearest to the asked one in ln lr**, and of the seeds recorded there the ``seed mod n``-th. The
-asked LR is kept as the cell's (the fit sees the design's grid); ``replayed`` in result.json says
-which recorded run answered. Nearest, not an interpolation: an interpolated loss would average
-two recorded runs and so halve their seed noise, the very thing a design is scored against. An
-LR more than half a recorded step beyond the recorded range has no answer: that cell fails,
-saying so, rather than repeating the edge run's loss. So any design or strategy (a fixed grid,
+at the cell's size, batch size and step count, **the recorded LR nearest to the asked one in ln
+lr**, and there the recorded run of the cell's seed. The asked LR is kept as the cell's (the fit
+sees the design's grid); ``replayed`` in result.json says which recorded run answered. Nearest,
+not an interpolation: an interpolated loss would average two recorded runs and so halve their
+seed noise, the very thing a design is scored against.
+
+A cell nothing recorded answers fails, saying so in one line, rather than reusing another run:
+an LR more than half a recorded step beyond the recorded range (it would repeat the edge run's
+loss), a batch size or step count the table does not record at that size (a run of another
+shape is not this cell's), or a seed not recorded at that LR (wrapping seeds around would
+duplicate runs and understate the seed noise). So any design or strategy (a fixed grid,
 :mod:`scaling.adaptive`) can be scored on real losses.
 
 A table without the asked size is one ConfigError line before anything is written
-(:func:`check_replay_sizes`).
+(:func:`check_replay_sizes`); :func:`check_replay_plan` also checks a plan's batch sizes, step
+counts and seeds up front.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from mm1model.config import ConfigError
 from scaling import cells
 from scaling.executors import FinishedJob, replay_table_path
 from scaling.runs import read_runs_file
+from scaling.sweep_plan import SweepPlan
 
 
 class ReplayTable:
@@ -60,15 +66,18 @@ class ReplayTable:
     def answer(self, size: str, lr: float, seed: int, batch_size: int | None = None,
                steps: int | None = None) -> dict[str, Any]:
         """The recorded run that answers a cell (see the module's rule): its row as a dict, or
-        {"error": why} when the asked LR is outside the recorded range."""
+        {"error": why} when no recorded run answers it (an LR outside the record, a batch size,
+        step count or seed it does not record)."""
         runs = self.runs[self.runs["size"].astype(str) == size]
         if not len(runs):
             self.check_sizes([size])
         for column, value in (("batch_size", batch_size), ("steps", steps)):
-            if value is not None and column in runs and runs[column].nunique() > 1:
+            if value is not None and column in runs and runs[column].notna().any():
+                recorded = runs[column].dropna().unique()
                 runs = runs[runs[column] == value]
                 if not len(runs):
-                    return {"error": f"replay table records no {size} run at {column} {value}"}
+                    return {"error": f"replay table records no {size} run at {column} {value:g} (it records "
+                                     f"{', '.join(f'{v:g}' for v in sorted(recorded))})"}
         grid = np.unique(np.log(runs["lr"].astype(float)))
         x = math.log(lr)
         half = (np.diff(grid).min() / 2) if len(grid) > 1 else 0.0
@@ -77,8 +86,32 @@ class ReplayTable:
                              f"[{math.exp(grid[0]):.3g}, {math.exp(grid[-1]):.3g}]: no recorded run answers it"}
         nearest = grid[int(np.argmin(np.abs(grid - x)))]
         at = runs[np.isclose(np.log(runs["lr"].astype(float)), nearest)]
-        at = at.sort_values("seed") if "seed" in at else at
-        return at.iloc[seed % len(at)].to_dict()
+        seeds = sorted(int(s) for s in at["seed"]) if "seed" in at else list(range(len(at)))
+        if seed not in seeds:
+            return {"error": f"seed {seed} is not recorded at {size} lr {math.exp(nearest):.3g} (it records seed(s) "
+                             f"{', '.join(map(str, seeds))}): no recorded run answers it"}
+        return (at[at["seed"] == seed] if "seed" in at else at.iloc[[seed]]).iloc[0].to_dict()
+
+    def check_plan(self, plan: SweepPlan) -> None:
+        """One ConfigError line for the first of ``plan``'s sizes, batch sizes, step counts and
+        seeds the table does not record (an LR outside the record is the cell's own failure)."""
+        self.check_sizes([sp.size for sp in plan.sizes])
+        for sp in plan.sizes:
+            runs = self.runs[self.runs["size"].astype(str) == sp.size]
+            for curve in sp.curves:
+                for column, values in (("batch_size", [curve.batch_size]), ("steps", curve.horizons)):
+                    if column not in runs or not runs[column].notna().any():
+                        continue
+                    recorded = {float(v) for v in runs[column].dropna()}
+                    missing = [v for v in values if float(v) not in recorded]
+                    if missing:
+                        raise ConfigError(f"replay table {self.path} records no {sp.size} run at {column} "
+                                          f"{missing[0]:g}; it records {', '.join(f'{v:g}' for v in sorted(recorded))}")
+            for lr, seeds in (runs.groupby("lr")["seed"] if "seed" in runs else ()):
+                if not set(range(sp.seeds)) <= {int(s) for s in seeds}:
+                    raise ConfigError(f"the sweep asks seeds 0-{sp.seeds - 1} of {sp.size}; replay table {self.path} "
+                                      f"records seed(s) {', '.join(map(str, sorted({int(s) for s in seeds})))} "
+                                      f"at lr {lr:.3g}")
 
 
 class ReplayExecutor:
@@ -153,6 +186,12 @@ def replay_executor(executor: str, delay_s: float = 0.0) -> ReplayExecutor:
 def check_replay_sizes(executor: str, sizes: Sequence[str]) -> None:
     """ConfigError (one line) when the replay table of ``executor`` lacks one of ``sizes``."""
     ReplayTable(replay_table_path(executor)).check_sizes(list(sizes))
+
+
+def check_replay_plan(plan: SweepPlan) -> None:
+    """ConfigError (one line) when the replay table of ``plan``'s executor does not record one of
+    its sizes, batch sizes, step counts or seeds (:meth:`ReplayTable.check_plan`)."""
+    ReplayTable(replay_table_path(plan.config.executor)).check_plan(plan)
 
 
 def read_replay_runs(executor: str) -> pd.DataFrame:

@@ -19,13 +19,13 @@ def status_command(sweep_dir, watch, watch_count) -> None:
     cell failed and the disk the sweep takes; for a `scaling launch` directory, its job and
     training progress; for an adaptive sweep, why each size stopped."""
     if watch is None:
-        click.echo(run_status(sweep_dir).summary())
-        for line in stop_lines(sweep_dir):  # an adaptive sweep: why each size stopped
-            click.echo(line)
+        click.echo("\n".join([run_status(sweep_dir).summary()] + stop_lines(sweep_dir)))
         return
     if watch <= 0:
         raise ConfigError(f"--watch takes a number of seconds > 0, got {watch:g}")
+    # each refresh with the stops recorded so far (an adaptive sweep: why each size stopped)
+    echo = lambda text: click.echo("\n".join([text] + stop_lines(sweep_dir)) + "\n")  # noqa: E731
     try:
-        watch_status(sweep_dir, watch, echo=lambda text: click.echo(text + "\n"), count=watch_count)
+        watch_status(sweep_dir, watch, echo=echo, count=watch_count)
     except KeyboardInterrupt:
         pass
