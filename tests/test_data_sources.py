@@ -48,7 +48,16 @@ def test_a_run_trains_on_user_webdataset_parquet_and_jsonl_files(corpus, tmp_pat
     ({"caption": ["{root}/fake.tar"]}, r"^source caption has 0 records in split train of data.sources.caption "
                                        r"\(1 files\), fewer than the 1 streams \(skipped while indexing: "
                                        r"\{'truncated_tar': 1\}\)$"),
-    ({"interleaved": ["{root}/table.parquet"]}, r"^cannot index the interleaved files .*has no texts or images column"),
+    ({"interleaved": ["{root}/table.parquet"]}, r"^/.*/table.parquet has no texts or images column \(its columns: id, "
+                                                r"body\); an interleaved .parquet needs OBELICS' texts\[\] and images\[\] "
+                                                r"\(id optional\)$"),
+    # a wrong field name: refused at start-up from the first record, not once packing reaches it
+    ({"text": ["{root}/web.jsonl", "{root}/content.jsonl"]}, r'^/.*/content.jsonl: line 2 has no text field \(its '
+                                                           r'fields: id, content\); a text .jsonl needs \{"text": '
+                                                           r'...\} on each line$'),
+    ({"interleaved": ["{root}/web.jsonl"]}, r"^/.*/web.jsonl: line 1 has no texts or images field \(its fields: id, "
+                                           r"text\); an interleaved .jsonl needs"),
+
     ({"text": []}, r"^data.mixture gives text a weight but data.sources.text names no files"),
 ])
 def test_a_missing_empty_or_unknown_user_corpus_is_one_line_before_training(corpus, tmp_path, change, message):  # noqa: F811
@@ -60,6 +69,7 @@ def test_a_missing_empty_or_unknown_user_corpus_is_one_line_before_training(corp
     (root / "notes.csv").write_text("a,b\n")
     (root / "fake.tar").write_bytes(b"not a tar at all" * 100)
     pq.write_table(pa.table({"id": ["x"], "body": ["no OBELICS columns"]}), root / "table.parquet")
+    (root / "content.jsonl").write_text('\n{"id": "c1", "content": "a body under another name"}\n')
     sources.update({k: [p.format(root=root) for p in v] for k, v in change.items()})
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match=message):

@@ -7,8 +7,11 @@
   (relative to the file), raw bytes, or a ``{"bytes": ..., "path": ...}`` dict;
 * text-only: JSONL with a ``text`` field, or plain ``.txt`` files (one document per file).
 
-Each reader first *indexes* its files (tar headers, Parquet row numbers, JSONL byte offsets; no
-payload is decoded) into :class:`RecordRef` s, then *loads* one record on demand. The index lets
+Each reader first *indexes* its files (tar headers, Parquet ids by row group, JSONL byte offsets;
+no payload is decoded) into :class:`RecordRef` s, then *loads* one record on demand; ``check(path)``
+reads a file's first record (or a Parquet file's columns) and raises a one-line
+:class:`~mm1model.config.ConfigError` when the layout is not the kind's, so a corpus with a wrong
+field name is refused when the stream is built, not once packing reaches it. The index lets
 the stream shuffle per epoch, shard across ranks and workers by position, and resume from a
 position without replaying the data. A bad record never raises: the reader returns ``None`` and
 adds one to ``skipped[reason]``. Reasons: ``truncated_tar``, ``missing_pair``, ``empty_caption``,
@@ -20,15 +23,18 @@ import dataclasses
 import json
 import os
 import tarfile
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from mm1model.config import ConfigError
 from mm1model.data.images import decode
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+ROW_GROUPS_HELD = 2  # Parquet row groups an InterleavedDocs keeps: the one being read and the last
+JSONL_LINES_CHECKED = 100  # lines a format check reads to find a JSONL file's first record
 _ID_DECODER = json.JSONDecoder()
 
 
@@ -38,7 +44,7 @@ class RecordRef:
 
     key: str
     path: str
-    where: Any  # format-specific: tar {ext: (offset, size)}, Parquet row, JSONL byte offset
+    where: Any  # format-specific: tar {ext: (offset, size)}, Parquet (row group, row), JSONL byte offset
 
 
 @dataclasses.dataclass
@@ -100,6 +106,10 @@ class CaptionShards:
             refs.append(RecordRef(key, path, members))
         return refs
 
+    def check(self, path: str) -> None:
+        """Nothing to read ahead: indexing a shard reads its layout (pairs missing a part are
+        counted, and a kind with no pair at all is refused by the stream)."""
+
     def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
         with open(ref.path, "rb") as handle:
             def read(ext: str) -> bytes:
@@ -121,40 +131,67 @@ class CaptionShards:
 
 
 class InterleavedDocs:
-    """OBELICS-style documents in ``.jsonl`` or ``.parquet`` files (``image_side``: as above)."""
+    """OBELICS-style documents in ``.jsonl`` or ``.parquet`` files (``image_side``: as above).
+
+    A Parquet file is indexed from its ``id`` column alone (row numbers from the footer when it
+    has none), and a record's ``texts`` / ``images`` are read with the rest of its row group; the
+    reader keeps the last :data:`ROW_GROUPS_HELD` row groups it read (least recently used out),
+    so its memory is a row group or two, never the corpus. Records are met in file order within
+    a shard (:class:`~mm1model.data.stream.ShuffledShards`), so consecutive loads mostly hit the
+    held row group; a source permuted whole that spans several row groups reads a row group per
+    record on its first epoch (later epochs come from the stream's document cache).
+    """
 
     def __init__(self, paths: list[Path], image_side: int | None = None):
         self.paths = sorted(str(p) for p in paths)
         self.image_side = image_side
-        self._tables: dict[str, Any] = {}
+        self._row_groups: OrderedDict[tuple[str, int], Any] = OrderedDict()  # (path, group) -> table
 
     def index(self, skipped: Counter) -> list[RecordRef]:
         return [ref for path in self.paths for ref in self.index_path(path, skipped)]
 
     def index_path(self, path: str, skipped: Counter) -> list[RecordRef]:
-        """The records of one file, in file order."""
+        """The records of one file, in file order (a Parquet ref's ``where``: (row group, row in it))."""
         if not path.endswith(".parquet"):
             return _jsonl_refs(path, skipped)
-        table = self._table(path)
-        missing = [c for c in ("texts", "images") if c not in table.column_names]
-        if missing:  # not an OBELICS layout: every record would be skipped
-            raise ValueError(f"{path} has no {' or '.join(missing)} column (OBELICS: id, texts[], images[])")
-        keys = table.column("id").to_pylist() if "id" in table.column_names else None
-        return [RecordRef(str(keys[row]) if keys else f"{Path(path).name}:{row}", path, row)
-                for row in range(table.num_rows)]
+        parquet = _parquet_file(path)
+        has_id = "id" in parquet.schema_arrow.names
+        refs, row = [], 0
+        for group in range(parquet.metadata.num_row_groups):
+            keys = parquet.read_row_group(group, columns=["id"]).column("id").to_pylist() if has_id else None
+            for i in range(parquet.metadata.row_group(group).num_rows):
+                refs.append(RecordRef(str(keys[i]) if has_id else f"{Path(path).name}:{row}", path, (group, i)))
+                row += 1
+        return refs
 
-    def _table(self, path: str):
-        if path not in self._tables:
-            import pyarrow.parquet as pq
+    def check(self, path: str) -> None:
+        """ConfigError unless the file has OBELICS' fields: a Parquet file's ``texts`` and
+        ``images`` columns, a JSONL file's first record's ``texts`` and ``images``."""
+        if path.endswith(".parquet"):
+            _parquet_file(path)
+        else:
+            _check_jsonl(path, ("texts", "images"), 'an interleaved .jsonl needs {"texts": [...], '
+                                                    '"images": [...]} on each line')
 
-            self._tables[path] = pq.read_table(path, columns=None, memory_map=True)
-        return self._tables[path]
+    def held_bytes(self) -> int:
+        """Bytes of the Parquet row groups this reader holds (Arrow buffers)."""
+        return sum(table.nbytes for table in self._row_groups.values())
+
+    def _row_group(self, path: str, group: int):
+        key = (path, group)
+        if key in self._row_groups:
+            self._row_groups.move_to_end(key)
+        else:
+            self._row_groups[key] = _parquet_file(path).read_row_group(group, columns=["texts", "images"])
+            while len(self._row_groups) > ROW_GROUPS_HELD:
+                self._row_groups.popitem(last=False)
+        return self._row_groups[key]
 
     def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
         if ref.path.endswith(".parquet"):
-            table = self._table(ref.path)
-            record = {name: table.column(name)[ref.where].as_py() for name in ("texts", "images")
-                      if name in table.column_names}
+            group, row = ref.where
+            table = self._row_group(ref.path, group)
+            record = {name: table.column(name)[row].as_py() for name in ("texts", "images")}
         else:
             record = _jsonl_record(ref, skipped)
             if record is None:
@@ -198,6 +235,11 @@ class TextDocs:
             return _jsonl_refs(path, skipped)
         return [RecordRef(Path(path).name, path, None)]
 
+    def check(self, path: str) -> None:
+        """ConfigError unless a JSONL file's first record has a ``text`` field."""
+        if path.endswith(".jsonl"):
+            _check_jsonl(path, ("text",), 'a text .jsonl needs {"text": ...} on each line')
+
     def load(self, ref: RecordRef, skipped: Counter) -> Document | None:
         if ref.where is None:
             text = Path(ref.path).read_text(encoding="utf-8", errors="replace")
@@ -210,6 +252,40 @@ class TextDocs:
             skipped["empty_text"] += 1
             return None
         return Document(ref.key, [text])
+
+
+def _parquet_file(path: str):
+    """The open Parquet file (footer read, no data); ConfigError without OBELICS' columns."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    missing = [c for c in ("texts", "images") if c not in names]
+    if missing:  # not an OBELICS layout: every record would be skipped
+        raise ConfigError(f"{path} has no {' or '.join(missing)} column (its columns: {', '.join(names)}); "
+                          f"an interleaved .parquet needs OBELICS' texts[] and images[] (id optional)")
+    return parquet
+
+
+def _check_jsonl(path: str, fields: tuple[str, ...], layout: str) -> None:
+    """ConfigError unless the first JSON object of a JSONL file has ``fields`` (blank and
+    unparsable lines before it are skipped, up to :data:`JSONL_LINES_CHECKED` lines)."""
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line_no > JSONL_LINES_CHECKED:
+                break
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            missing = [f for f in fields if f not in record]
+            if missing:
+                raise ConfigError(f"{path}: line {line_no} has no {' or '.join(missing)} field (its fields: "
+                                  f"{', '.join(map(str, record)) or 'none'}); {layout}")
+            return
+    raise ConfigError(f"{path}: no JSON object in its first {JSONL_LINES_CHECKED} lines; {layout}")
 
 
 def _has_end_marker(handle, offset: int, size: int) -> bool:

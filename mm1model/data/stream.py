@@ -94,13 +94,27 @@ class _DocumentCache:
             return
         self.entries[key] = entry
         self.bytes += self.size(entry)
+        self.evict()
+
+    def evict(self) -> None:
+        """Drop the least recently used entries until the cache fits ``limit_bytes``."""
         while self.bytes > self.limit_bytes and self.entries:
             _, old = self.entries.popitem(last=False)
             self.bytes -= self.size(old)
 
 
-# 512 MB holds every document of the bundled corpus at the CPU sizes' 32 px (about 100 MB).
-_DOC_CACHE = _DocumentCache(limit_bytes=512 * 2**20)
+# Per rank. 512 MB holds every document of the bundled corpus at the CPU sizes' 32 px (about
+# 100 MB); loader workers share it (share_document_cache).
+DOCUMENT_CACHE_BYTES = 512 * 2**20
+_DOC_CACHE = _DocumentCache(limit_bytes=DOCUMENT_CACHE_BYTES)
+
+
+def share_document_cache(parts: int) -> None:
+    """Limit this process's document cache to ``DOCUMENT_CACHE_BYTES / parts``: each of a rank's
+    ``parts`` loader workers calls it, so together they hold the rank's budget, not ``parts``
+    times it (what a worker inherited from the training process counts, least recent out)."""
+    _DOC_CACHE.limit_bytes = DOCUMENT_CACHE_BYTES // parts
+    _DOC_CACHE.evict()
 
 
 def clear_document_cache() -> None:
@@ -209,12 +223,16 @@ _INDEX_CACHE: dict[tuple, SourceIndex] = {}
 
 def source_index(kind: str, reader: Any, limit: int, skipped: Counter) -> SourceIndex:
     """The :class:`SourceIndex` of one source kind, from the process's cache when its files are
-    unchanged; the records its indexing skipped are added to ``skipped`` either way. Reads files
+    unchanged; the records its indexing skipped are added to ``skipped`` either way. First checks
+    the layout of the first file of each format (``reader.check``: a ConfigError). Reads files
     until both splits are known to exceed ``limit`` records (or all are read): it never holds more
     than ``limit`` records per split plus one file's, and a corpus of billions of records costs
     no full pass at start-up."""
     key = (kind, limit, tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in reader.paths))
     if key not in _INDEX_CACHE:
+        first_of_format = {os.path.splitext(p)[1].lower(): p for p in reversed(reader.paths)}
+        for path in first_of_format.values():  # a wrong field name: one line now, not mid-run
+            reader.check(path)
         found: Counter = Counter()
         refs: dict[str, list[RecordRef] | None] = {"train": [], "val": []}
         for path in reader.paths:
