@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from mm1model.config import ConfigError
 from scaling.cli import main
-from scaling.design import (CellCosts, Design, NoiseModel, check_prior, estimate_noise, load_prior, plot_front,
-                            search_designs, simulate)
+from scaling.design import (CellCosts, Design, NoiseModel, check_prior, estimate_noise, load_prior,
+                            measured_cell_seconds, plot_front, search_designs, simulate)
 from scaling.fit import read_runs
 from scaling.law import mm1_law
 
@@ -73,6 +73,10 @@ def test_bad_input_is_one_line(tmp_path):
     assert _one_line("design", "--config", "sweeps/cpu.toml", "--prior", total) == (
         "error: the prior law counts N as 'total' parameters (its n_convention); sweep sizes count 'non_embedding' "
         "ones: refit it with --n-convention non_embedding")
+    # a cell is priced as its size's one reference cell: batch or horizon axes are refused, not under-priced
+    assert _one_line("design", "--config", "sweeps/cpu-horizons.toml") == (
+        "error: scaling design simulates one batch size and one horizon per size (a law in N alone); w32 has 3 "
+        "batch size(s) x 3 horizon(s): design a sweep without batch_sizes or horizons axes")
     with pytest.raises(ConfigError, match="at least 3 LRs"):
         Design(2, 0.3, 1)
     assert check_prior(load_prior(None)).source == "mm1"
@@ -83,3 +87,11 @@ def test_noise_estimated_from_the_recorded_dense_sweep():
     assert (noise.curvature, noise.asymmetry, noise.seed_sd, noise.scatter) == pytest.approx(
         (0.3630, 0.2693, 0.08728, 0.05243), abs=1e-4)
     assert noise.source == f"estimated from {DENSE}"
+
+
+def test_cell_seconds_are_each_size_s_fastest_finished_run():
+    """The dense table's added cells ran 3-10x slower on a shared machine (w64: 86-300 s against
+    the demo cells' 26-29 s): the median would price w32 at 24.5 s and w64 at 28.5 s, the fastest
+    run is the cell's own cost."""
+    assert measured_cell_seconds(read_runs([DENSE])) == pytest.approx(
+        {"w32": 22.521, "w64": 25.641, "w128": 41.225, "w256": 78.925}, abs=1e-3)
