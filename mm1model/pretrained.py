@@ -42,7 +42,7 @@ from torch import nn
 
 from mm1model.config import ConfigError
 from mm1model.model import LMConfig
-from mm1model.shard_loading import LoadReport, Rows, SafetensorsCheckpoint, Source, load_sources
+from mm1model.shard_loading import LoadReport, Rows, SafetensorsCheckpoint, Source, check_sources, load_sources
 from mm1model.tokens import ADDED_IMAGE_TOKENS, SpecialIds, checkpoint_special_ids
 from mm1model.vision import ViTConfig, interpolate_pos_embed
 
@@ -84,7 +84,8 @@ def read_hf_config(path: str | Path, where: str) -> dict:
 @dataclass(frozen=True)
 class PretrainedLM:
     """A Llama-format checkpoint's shape. ``embedding_rows`` is its ``vocab_size`` (rows of the
-    embedding, possibly more than its tokenizer's tokens); ``eos_id`` / ``pad_id`` its config's."""
+    embedding, possibly more than its tokenizer's tokens); ``eos_id`` / ``bos_id`` / ``pad_id`` its
+    config's (the first of a list)."""
 
     path: Path
     d_model: int
@@ -97,6 +98,7 @@ class PretrainedLM:
     rope_theta: float
     norm_eps: float
     eos_id: int
+    bos_id: int | None
     pad_id: int | None
 
     @property
@@ -111,6 +113,27 @@ class PretrainedLM:
                 "rope_theta": self.rope_theta, "norm_eps": self.norm_eps}
 
 
+def required(cfg: dict, key: str, where: str, path: str | Path):
+    """``cfg[key]`` of a checkpoint's config.json; ConfigError (one line naming the key and the
+    file) when it is missing."""
+    if key not in cfg or cfg[key] is None:
+        raise ConfigError(f"{where} {Path(path) / HF_CONFIG_FILE} has no {key} (a Llama-format config.json names it)")
+    return cfg[key]
+
+
+def rope_kind(cfg: dict) -> str | None:
+    """The RoPE variant a Llama-format config.json asks for: ``default`` (plain RoPE, what our LM
+    computes), another ``rope_type`` (``linear``, ``dynamic``, ``yarn``, ``llama3``, ...), or
+    None when it names none. Read from ``rope_parameters`` (transformers >= 5) and
+    ``rope_scaling`` (older), each under ``rope_type`` or the older ``type`` key; a non-null
+    ``rope_scaling`` that names no type is a scaling of unknown kind (None)."""
+    scaling = cfg.get("rope_scaling")
+    if scaling:
+        return scaling.get("rope_type") or scaling.get("type")
+    parameters = cfg.get("rope_parameters") or {}
+    return parameters.get("rope_type") or parameters.get("type") or "default"
+
+
 def _first_id(value) -> int | None:
     if isinstance(value, list):  # Llama 3 lists several eos ids: the first is end of text
         return value[0] if value else None
@@ -119,33 +142,41 @@ def _first_id(value) -> int | None:
 
 def read_llama(path: str | Path, where: str = "init.lm") -> PretrainedLM:
     """The shape of the Llama-format checkpoint in ``path``; ConfigError (one line) for a
-    directory that is not one, or a Llama variant our LM does not compute (biases, RoPE scaling,
-    another activation or head dim)."""
+    directory that is not one, a config.json missing a key the shape needs, special ids outside
+    the embedding, or a Llama variant our LM does not compute (biases, any RoPE scaling:
+    :func:`rope_kind`, another activation or head dim)."""
     cfg = read_hf_config(path, where)
     if cfg.get("model_type") not in LLAMA_MODEL_TYPES:
         raise ConfigError(f"{where} {path}: model_type {cfg.get('model_type')!r} is not a Llama-format LM "
                           f"({', '.join(LLAMA_MODEL_TYPES)})")
-    heads = cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    d_model, heads = (required(cfg, key, where, path) for key in ("hidden_size", "num_attention_heads"))
+    head_dim = cfg.get("head_dim") or d_model // heads
     rope = cfg.get("rope_parameters") or {}  # transformers >= 5 nests rope_theta here
-    rope_type = rope.get("rope_type") or (cfg.get("rope_scaling") or {}).get("rope_type", "default")
+    kind = rope_kind(cfg)
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
     unsupported = [f"hidden_act {cfg.get('hidden_act', 'silu')}" * (cfg.get("hidden_act", "silu") != "silu"),
                    "attention_bias" * bool(cfg.get("attention_bias")), "mlp_bias" * bool(cfg.get("mlp_bias")),
-                   f"rope_type {rope_type}" * (rope_type != "default"),
-                   f"head_dim {head_dim} != hidden_size / heads" * (head_dim * heads != cfg["hidden_size"])]
+                   f"RoPE scaling {json.dumps(scaling)} (rope type {kind})" * (kind != "default"),
+                   f"head_dim {head_dim} != hidden_size / heads" * (head_dim * heads != d_model)]
     unsupported = [u for u in unsupported if u]
     if unsupported:
         raise ConfigError(f"{where} {path}: our LM does not compute {', '.join(unsupported)}")
+    rows = required(cfg, "vocab_size", where, path)
     eos = _first_id(cfg.get("eos_token_id"))
     if eos is None:
         raise ConfigError(f"{where} {path}: config.json names no eos_token_id (the end of document)")
-    return PretrainedLM(path=Path(path), d_model=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+    bos, pad = _first_id(cfg.get("bos_token_id")), _first_id(cfg.get("pad_token_id"))
+    outside = [f"{name} {value}" for name, value in (("eos_token_id", eos), ("bos_token_id", bos),
+                                                      ("pad_token_id", pad))
+               if value is not None and not 0 <= value < rows]
+    if outside:
+        raise ConfigError(f"{where} {path}: config.json's {', '.join(outside)} is not a row of its {rows} embedding rows")
+    return PretrainedLM(path=Path(path), d_model=d_model, n_layers=required(cfg, "num_hidden_layers", where, path),
                         n_heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
-                        ffn_dim=cfg["intermediate_size"], embedding_rows=cfg["vocab_size"],
+                        ffn_dim=required(cfg, "intermediate_size", where, path), embedding_rows=rows,
                         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                         rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-                        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), eos_id=eos,
-                        pad_id=_first_id(cfg.get("pad_token_id")))
+                        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), eos_id=eos, bos_id=bos, pad_id=pad)
 
 
 def check_lm_shape(lm: LMConfig, pretrained: PretrainedLM, where: str = "init.lm", size: str = "") -> None:
@@ -253,18 +284,25 @@ def llama_sources(model: nn.Module, tensors: SafetensorsCheckpoint) -> dict[str,
 
 
 def clip_sources(model: nn.Module, tensors: SafetensorsCheckpoint, prefix: str) -> dict[str, Source]:
-    """Our ViT's parameter names (``vit.*``) -> their sources in a CLIP vision checkpoint."""
+    """Our ViT's parameter names (``vit.*``) -> their sources in a CLIP vision checkpoint (only
+    headers are read here: the position embeddings are read and interpolated at load)."""
     vit_cfg = model.config.vit
     p = prefix
     pos_key = f"{p}embeddings.position_embedding.weight"
     tensors.require(pos_key, "vit.pos_embed")
-    pos = tensors.read(pos_key).float()[None]  # (1, 1 + g*g, C), small: read whole to interpolate
-    grid = (vit_cfg.grid, vit_cfg.grid)
-    if pos.shape[1] - 1 != vit_cfg.grid ** 2 and math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1:
-        pos = torch.cat([pos[:, :1], interpolate_pos_embed(pos[:, 1:], grid)], dim=1)
+    positions, width = tensors.shape(pos_key)  # (1 + g*g, C): the class slot, then the checkpoint's grid
+    resize = positions - 1 != vit_cfg.grid ** 2 and math.isqrt(positions - 1) ** 2 == positions - 1
+
+    def pos_embed() -> torch.Tensor:  # small: read whole to interpolate, on the rank that holds it
+        pos = tensors.read(pos_key).float()[None]  # (1, 1 + g*g, C)
+        if resize:
+            pos = torch.cat([pos[:, :1], interpolate_pos_embed(pos[:, 1:], (vit_cfg.grid, vit_cfg.grid))], dim=1)
+        return pos
+
+    pos_shape = (1, 1 + vit_cfg.grid ** 2 if resize else positions, width)
     out = {"vit.patch_embed.weight": Source([Rows(f"{p}embeddings.patch_embedding.weight")]),
            "vit.class_embedding": Source([Rows(f"{p}embeddings.class_embedding")]),
-           "vit.pos_embed": Source([Rows(tensor=pos)]),
+           "vit.pos_embed": Source([Rows(computed=pos_embed, computed_shape=pos_shape)]),
            "vit.ln_pre.weight": Source([Rows(f"{p}pre_layrnorm.weight")]),
            "vit.ln_pre.bias": Source([Rows(f"{p}pre_layrnorm.bias")])}
     for i in range(vit_cfg.n_layers):
@@ -279,23 +317,44 @@ def clip_sources(model: nn.Module, tensors: SafetensorsCheckpoint, prefix: str) 
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def load_pretrained(model: nn.Module, lm: str | Path | None = None, vit: str | Path | None = None) -> LoadReport:
+def pretrained_sources(model: nn.Module, lm: str | Path | None = None,
+                       vit: str | Path | None = None) -> list[tuple[str, SafetensorsCheckpoint, dict[str, Source]]]:
+    """``(tower, tensors, name map)`` for each checkpoint given, after checking its config.json's
+    shape against ``model``'s (:func:`check_lm_shape`, :func:`check_vit_shape`). Reads headers only."""
+    towers = []
+    if lm is not None:
+        check_lm_shape(model.config.lm, read_llama(lm))
+        tensors = SafetensorsCheckpoint(lm, "init.lm")
+        towers.append(("lm", tensors, llama_sources(model, tensors)))
+    if vit is not None:
+        pretrained = read_clip(vit)
+        check_vit_shape(model.config.vit, pretrained)
+        tensors = SafetensorsCheckpoint(vit, "init.vit")
+        towers.append(("vit", tensors, clip_sources(model, tensors, pretrained.prefix)))
+    return towers
+
+
+def check_pretrained(model: nn.Module, lm: str | Path | None = None, vit: str | Path | None = None) -> None:
+    """What :func:`load_pretrained` checks, from the checkpoints' config.json and safetensors
+    headers only (no tensor data read; ``model`` may be on the meta device): each tower's
+    parameters all covered by its name map, every tensor present, every shape equal. A ConfigError
+    (one line) names the first problem. ``scaling launch`` runs it before writing anything."""
+    for tower, tensors, sources in pretrained_sources(model, lm, vit):
+        check_sources(model, sources, tensors, tower)
+
+
+def load_pretrained(model: nn.Module, lm: str | Path | None = None, vit: str | Path | None = None,
+                    report: LoadReport | None = None) -> LoadReport:
     """Load a Llama-format LM (``lm``) and / or a CLIP vision model (``vit``) into ``model`` (an
     MM1, possibly sharded by :mod:`mm1model.parallelize` and materialised), in place.
 
     The model's config must already have the checkpoints' shapes and the grown vocabulary
     (:func:`check_lm_shape`, :func:`check_vit_shape`; the trainer builds it so from
-    ``TrainConfig.init``); a tensor of another shape is a ConfigError naming both names and
-    shapes, a missing tensor one naming it. The connector keeps its init. Returns this rank's
-    :class:`LoadReport`."""
-    report = LoadReport()
-    if lm is not None:
-        check_lm_shape(model.config.lm, read_llama(lm))
-        tensors = SafetensorsCheckpoint(lm, "init.lm")
-        load_sources(model, llama_sources(model, tensors), tensors, report, "lm")
-    if vit is not None:
-        pretrained = read_clip(vit)
-        check_vit_shape(model.config.vit, pretrained)
-        tensors = SafetensorsCheckpoint(vit, "init.vit")
-        load_sources(model, clip_sources(model, tensors, pretrained.prefix), tensors, report, "vit")
+    ``TrainConfig.init``). Every tower is checked before any of its parameters is overwritten
+    (:func:`check_pretrained`'s checks): a parameter the name map does not cover, a missing
+    tensor, or a tensor of another shape is a ConfigError naming it. The connector keeps its
+    init. Returns this rank's :class:`LoadReport` (``report``, filled, if one is given)."""
+    report = report if report is not None else LoadReport()
+    for tower, tensors, sources in pretrained_sources(model, lm, vit):
+        load_sources(model, sources, tensors, report, tower)
     return report

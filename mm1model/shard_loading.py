@@ -2,15 +2,19 @@
 :mod:`mm1model.pretrained`.
 
 A parameter's :class:`Source` is a list of dim-0 blocks (:class:`Rows`): rows of a checkpoint
-tensor, rows computed at load, or copies of a tensor's mean row. :func:`load_sources` copies into
-each parameter only what this process holds: all of a plain tensor, or under FSDP2 its rows of a
-``Shard(0)`` DTensor, read from the file as a ``safe_open`` slice, so no rank ever reads or holds
-the whole model. :class:`LoadReport` counts what each rank read.
+tensor, rows computed at load, or copies of a tensor's mean row. :func:`check_sources` checks a
+name map against the checkpoint's headers only (every parameter of the tower covered, every
+tensor present, every shape equal; no tensor data read), so ``scaling launch`` can run it before
+writing anything. :func:`load_sources` checks the same, then copies into each parameter only what
+this process holds: all of a plain tensor, or under FSDP2 its rows of a ``Shard(0)`` DTensor,
+read from the file as a ``safe_open`` slice, so no rank ever reads or holds the whole model.
+:class:`LoadReport` counts what each rank read.
 """
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,14 +50,18 @@ class SafetensorsCheckpoint:
                               "(only safetensors checkpoints load)")
         self.bytes_read = 0
         self.largest_read_bytes = 0
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
     def require(self, key: str, for_name: str) -> None:
         if key not in self.files:
             raise ConfigError(f"{self.where} {self.path}: tensor {key} (for {for_name}) is missing from the checkpoint")
 
     def shape(self, key: str) -> tuple[int, ...]:
-        with safe_open(self.files[key], framework="pt") as handle:
-            return tuple(handle.get_slice(key).get_shape())
+        """The shape of tensor ``key``, from its file's header (no tensor data read)."""
+        if key not in self._shapes:
+            with safe_open(self.files[key], framework="pt") as handle:
+                self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+        return self._shapes[key]
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``start:stop`` (dim 0) of tensor ``key``, in its stored dtype."""
@@ -75,34 +83,38 @@ class SafetensorsCheckpoint:
 
 @dataclass
 class Rows:
-    """A block of dim-0 rows of one of our parameters: checkpoint tensor ``key``; or ``tensor``,
-    rows computed at load (interpolated position embeddings); or ``count`` copies of the mean row
-    of checkpoint tensor ``mean_of`` (the rows a vocabulary grows by), computed only by a rank
-    that holds them."""
+    """A block of dim-0 rows of one of our parameters: checkpoint tensor ``key``; or rows
+    ``computed`` at load (e.g. position embeddings read whole and interpolated) of shape
+    ``computed_shape``, known from the headers before anything is read; or ``count`` copies of
+    the mean row of checkpoint tensor ``mean_of`` (the rows a vocabulary grows by), computed
+    only by a rank that holds them."""
 
     key: str | None = None
-    tensor: torch.Tensor | None = None
+    computed: Callable[[], torch.Tensor] | None = None
+    computed_shape: tuple[int, ...] = ()
     mean_of: str | None = None
     count: int = 0
 
+    def checkpoint_key(self) -> str | None:
+        """The checkpoint tensor this block reads (None for computed rows)."""
+        return self.key or self.mean_of
+
     def rows(self, tensors: SafetensorsCheckpoint) -> int:
-        if self.key:
-            return tensors.shape(self.key)[0]
-        return self.count if self.mean_of else self.tensor.shape[0]
+        return self.shape(tensors)[0]
 
     def shape(self, tensors: SafetensorsCheckpoint) -> tuple[int, ...]:
         if self.key:
             return tensors.shape(self.key)
         if self.mean_of:
             return (self.count, *tensors.shape(self.mean_of)[1:])
-        return tuple(self.tensor.shape)
+        return tuple(self.computed_shape)
 
     def read(self, tensors: SafetensorsCheckpoint, start: int, stop: int) -> torch.Tensor:
         if self.key:
             return tensors.read(self.key, start, stop)
         if self.mean_of:
             return tensors.mean_rows(self.mean_of).expand(stop - start, -1)
-        return self.tensor[start:stop]
+        return self.computed()[start:stop]
 
 
 @dataclass
@@ -112,7 +124,8 @@ class Source:
     blocks: list[Rows] = field(default_factory=list)
 
     def names(self) -> str:
-        return " + ".join(b.key or (f"{b.count} mean rows" if b.mean_of else "computed rows") for b in self.blocks)
+        return " + ".join(b.key or (f"{b.count} mean rows of {b.mean_of}" if b.mean_of else "computed rows")
+                          for b in self.blocks)
 
 
 @dataclass
@@ -164,20 +177,42 @@ def source_shape(source: Source, tensors: SafetensorsCheckpoint) -> tuple[int, .
     return (sum(s[0] for s in shapes), *shapes[0][1:])
 
 
+def check_sources(model: nn.Module, sources: dict[str, Source], tensors: SafetensorsCheckpoint,
+                  tower: str) -> dict[str, torch.Tensor]:
+    """Check a name map against the checkpoint's headers (no tensor data read) and return
+    ``model``'s parameters by unwrapped name: ConfigError (one line) for a parameter of
+    ``tower`` (``lm``, ``vit``) the map does not cover, a name the model does not have, a
+    tensor missing from the checkpoint, or a source whose shape is not its parameter's."""
+    params = {unwrapped_name(name): param for name, param in model.named_parameters()}
+    where = f"{tensors.where} {tensors.path}"
+    uncovered = [name for name in params if name.startswith(f"{tower}.") and name not in sources]
+    if uncovered:
+        raise ConfigError(f"{where}: the {tower} name map gives no source for {len(uncovered)} parameter(s) of "
+                          f"the model, first {uncovered[0]}: the checkpoint would leave them at their random init")
+    unknown = [name for name in sources if name not in params]
+    if unknown:
+        raise ConfigError(f"{where}: the {tower} name map names {unknown[0]}, which the model does not have "
+                          f"({len(unknown)} such name(s))")
+    for name, source in sources.items():
+        for block in source.blocks:
+            if block.checkpoint_key():
+                tensors.require(block.checkpoint_key(), name)
+        shape = source_shape(source, tensors)
+        if shape != tuple(params[name].shape):
+            raise ConfigError(f"{where}: {source.names()} has shape {shape} in the checkpoint, {name} is "
+                              f"{tuple(params[name].shape)} in the model")
+    return params
+
+
 @torch.no_grad()
 def load_sources(model: nn.Module, sources: dict[str, Source], tensors: SafetensorsCheckpoint,
                  report: LoadReport, tower: str) -> None:
-    """Copy every source into its parameter of ``model`` (this rank's rows), shapes checked."""
-    params = {unwrapped_name(name): param for name, param in model.named_parameters()}
+    """Copy every source into its parameter of ``model`` (this rank's rows), after
+    :func:`check_sources` (so a bad checkpoint fails before any parameter is overwritten)."""
+    params = check_sources(model, sources, tensors, tower)
     for name, source in sources.items():
-        for block in source.blocks:
-            if block.key or block.mean_of:
-                tensors.require(block.key or block.mean_of, name)
         param = params[name]
         shape = source_shape(source, tensors)
-        if shape != tuple(param.shape):
-            raise ConfigError(f"{tensors.where} {tensors.path}: {source.names()} has shape {shape} in the "
-                              f"checkpoint, {name} is {tuple(param.shape)} in the model")
         report.checkpoint_bytes += sum(math.prod(tensors.shape(b.key)) * param.element_size()
                                        for b in source.blocks if b.key)
         part = local_rows(param)

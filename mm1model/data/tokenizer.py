@@ -62,8 +62,9 @@ class CorpusTokenizer:
 
 def checkpoint_tokenizer(checkpoint: str | Path) -> CorpusTokenizer:
     """The ``tokenizer.json`` of a pretrained LM directory with that checkpoint's special ids;
-    ConfigError when there is none, or when it has more tokens than the checkpoint has embedding
-    rows (a tokenizer of another model)."""
+    ConfigError (one line) when there is none, when it has more tokens than the checkpoint has
+    embedding rows, or when the checkpoint's eos id (or its bos id, if set) is not one of its
+    tokens: either way a tokenizer of another model."""
     pretrained = read_llama(checkpoint)
     path = Path(checkpoint) / TOKENIZER_FILE
     if not path.is_file():
@@ -74,6 +75,14 @@ def checkpoint_tokenizer(checkpoint: str | Path) -> CorpusTokenizer:
     if tokens > pretrained.embedding_rows:
         raise ConfigError(f"init.lm {checkpoint}: {TOKENIZER_FILE} has {tokens} tokens, more than the checkpoint's "
                           f"{pretrained.embedding_rows} embedding rows: the tokenizer is not this model's")
+    ids = {"eos_token_id": pretrained.eos_id, "bos_token_id": pretrained.bos_id}
+    missing = [f"{name} {value}" for name, value in ids.items() if value is not None and tokenizer.id_to_token(value) is None]
+    if missing:
+        named = ", ".join(f"{name} {value} -> {tokenizer.id_to_token(value)!r}" for name, value in ids.items()
+                          if value is not None)
+        raise ConfigError(f"init.lm {checkpoint}: config.json's {' and '.join(missing)} "
+                          f"{'is not a token' if len(missing) == 1 else 'are not tokens'} of {TOKENIZER_FILE} "
+                          f"({tokens} tokens; {named}): the tokenizer is not this model's")
     return CorpusTokenizer(tokenizer, pretrained.special)
 
 
