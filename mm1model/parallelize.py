@@ -84,18 +84,47 @@ def draw_full(param: torch.Tensor, fill: Callable[[torch.Tensor], object]) -> No
 
 
 @torch.no_grad()
-def init_sharded(model: nn.Module, seed: int) -> nn.Module:
+def replay_constructor_draws(model: nn.Module) -> None:
+    """Advance the CPU generator exactly as building ``model`` on the host did: each Linear,
+    Conv2d and Embedding's ``reset_parameters`` (the only draws of MM1's constructor before its
+    ``init_weights``) runs, in module order, on a full CPU tensor of its parameters' shapes,
+    one module at a time, then the module gets its own parameters back. A model built on the
+    meta device drew nothing, so this is what it needs before :meth:`MM1.init_weights` to land
+    on the host build's weights."""
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            continue
+        own = dict(module._parameters)
+        module._parameters.update({name: nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
+                                   for name, p in own.items() if p is not None})
+        try:
+            module.reset_parameters()
+        finally:
+            module._parameters.update(own)
+
+
+@torch.no_grad()
+def init_sharded(model: nn.Module, seed: int, as_constructed: bool = False) -> nn.Module:
     """Initialise ``model`` (an MM1, possibly wrapped and sharded by :func:`parallelize`, its
     parameters materialised, e.g. by ``to_empty``) to exactly the weights of
     ``torch.manual_seed(seed); model.init_weights(); init_parametrized(model)`` on one CPU
     process, whatever the world size and device: SP's init, then the parametrization's, each
-    parameter drawn whole by :func:`draw_full`. Leaves the CPU generator as that init does.
-    Returns the model.
+    parameter drawn whole by :func:`draw_full`. ``as_constructed``: first replay the
+    constructor's draws (:func:`replay_constructor_draws`), so the weights are those of the
+    trainer's host build, ``torch.manual_seed(seed); MM1(config); init_parametrized(model)``
+    (:func:`mm1model.train.build_model` uses it: a run's weights do not depend on its world
+    size). Leaves the CPU generator as that init does. Returns the model.
+
+    Tied embeddings: a meta build keeps the tie, ``to_empty`` breaks it and ``init_weights``
+    ties the head to the embedding's materialised (sharded) parameter again; FSDP2 sets its
+    gathered parameter on both modules (tested on 2 gloo ranks in tests/test_pretrained.py).
 
     Cost: every rank draws every parameter on the CPU generator, which is sequential (about
     120M normals/s on this project's CPU): ~10 s at 1.2B, ~4 min at 30B, once per run (a resume
-    loads a checkpoint instead). Tied embeddings must be tied before sharding (build on the
-    host); the meta path is for untied models."""
+    loads a checkpoint instead); ``as_constructed`` adds the constructor's uniform draws of the
+    matrices (of the order of the normals' time again)."""
     torch.manual_seed(seed)
+    if as_constructed:
+        replay_constructor_draws(model)
     model.init_weights(draw=draw_full)
     return init_parametrized(model, draw=draw_full)

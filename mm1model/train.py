@@ -93,6 +93,7 @@ from mm1model.model import MM1
 from mm1model.parallelize import init_sharded, parallelize
 from mm1model.parametrization import freeze_towers, init_parametrized, param_groups, set_group_lrs
 from mm1model.pretrained import load_pretrained
+from mm1model.shard_loading import LoadReport
 from mm1model.trackers import TensorBoardLog
 from mm1model.train_config import (FINAL_STATUSES, RECORD_KEYS, RESUMABLE_CHANGES, InitConfig, TrainConfig, TrainResult,
                                    load_config, lr_multiplier, model_config, resolve, torch_weight_decay)
@@ -201,37 +202,54 @@ def evaluate(model: torch.nn.Module, batches: list[dict[str, Any]], device: torc
 
 
 # ------------------------------------------------------------------------------------ train
-def build_model(config: TrainConfig, device: torch.device):
+def sharded_build(config: TrainConfig, device: torch.device, ranks: int) -> bool:
+    """Whether :func:`build_model` builds on the meta device and materialises only each rank's
+    shards: with more than one rank on GPUs (a full fp32 copy per rank would not fit in host
+    memory at 30B), and with more than one rank on CPUs when ``config.init`` loads a checkpoint
+    (each rank then reads only its rows of it). A CPU run from scratch builds on the host: the
+    same weights (:func:`mm1model.parallelize.init_sharded` replays the host build), at less cost."""
+    return ranks > 1 and (device.type == "cuda" or config.init.pretrained)
+
+
+def build_model(config: TrainConfig, device: torch.device, report: LoadReport | None = None):
     """The MM1 of a (resolved) config, initialised from ``config.seed``, then parallelized.
 
-    Initialisation is the model's own ``init_weights`` on the full model (on the host, then
-    moved to the device), then the parametrization's (:func:`init_parametrized`), so every rank
-    holds the same weights before FSDP2 shards them and a run's weights do not depend on its world
-    size. The exception is a multi-GPU run of a model with untied embeddings (the paper sizes):
-    it is built on the meta device, sharded, then initialised shard by shard on the GPU, because
-    a full fp32 copy per rank would not fit in host memory at 30B.
+    On the host (one rank, or a CPU run from scratch): the model's constructor (which ends with
+    ``init_weights``) from the seed on the full model, then the parametrization's init
+    (:func:`init_parametrized`), so every rank holds the same weights before FSDP2 shards them.
+    On the meta path (:func:`sharded_build`: several GPU ranks, or several CPU ranks loading a
+    checkpoint) it is built on the meta device, frozen, parallelized (activation checkpointing,
+    compile, FSDP2), materialised with ``to_empty`` (this rank's shards only), then initialised
+    shard by shard to the host build's weights (:func:`init_sharded` with ``as_constructed``),
+    tied embeddings included. Either way a run's weights do not depend on its world size.
 
     With ``config.init`` the pretrained towers are then loaded over that init
     (:func:`mm1model.pretrained.load_pretrained`: into the full model on the host, or tensor by
-    tensor into each rank's shards on the meta path) and the frozen towers frozen.
+    tensor into each rank's shards on the meta path, so no rank reads or holds the whole
+    checkpoint) and the frozen towers frozen. ``report``, if given, is filled with what the load
+    did on this rank (:class:`~mm1model.shard_loading.LoadReport`: bytes read, ...).
     """
     mcfg = model_config(config)
     ranks = dist.get_world_size() if dist.is_initialized() else 1
-    meta = device.type == "cuda" and ranks > 1 and not mcfg.lm.tie_embeddings
+    meta = sharded_build(config, device, ranks)
+    report = report if report is not None else LoadReport()
     torch.manual_seed(config.seed)
     with torch.device("meta" if meta else "cpu"):
         model = MM1(mcfg)  # the constructor runs init_weights from the seed just set
-    init_parametrized(model)
     if not meta:
-        load_pretrained(model, config.init.lm, config.init.vit)
+        init_parametrized(model)
+        load_pretrained(model, config.init.lm, config.init.vit, report)
         model.to(device)
     freeze_towers(model, lm=config.init.freeze_lm, vit=config.init.freeze_vit)
     parallelize(model, device_type=device.type, activation_checkpointing=config.activation_checkpointing,
                 compile=config.compile)
     if meta:
         model.to_empty(device=device)
-        init_sharded(model, config.seed)  # each parameter drawn whole, this rank's shard kept
-        load_pretrained(model, config.init.lm, config.init.vit)  # each rank reads its own rows
+        # each parameter drawn whole and this rank's shard kept; frozen towers are loaded next
+        # (InitConfig refuses freezing a tower with no checkpoint), so the parametrization's
+        # init skipping them changes nothing
+        init_sharded(model, config.seed, as_constructed=True)
+        load_pretrained(model, config.init.lm, config.init.vit, report)  # each rank reads its own rows
     return model, mcfg
 
 

@@ -127,7 +127,8 @@ class InitConfig:
     directory for the image encoder. None = random init from ``TrainConfig.seed`` (the connector
     always starts random). The size keeps naming the shape, and must match each checkpoint's
     (a mismatch is a ConfigError naming the field). ``freeze_lm`` / ``freeze_vit``: keep that tower's
-    weights fixed (no gradient, not in the optimizer; :func:`mm1model.parametrization.freeze_towers`).
+    checkpoint weights fixed (no gradient, not in the optimizer;
+    :func:`mm1model.parametrization.freeze_towers`); only a tower with a checkpoint may be frozen.
     ``TrainConfig.init_from`` (a branch from a run's checkpoint) may be set too: the branch's
     weights are the trunk's, which must have started from the same ``init``."""
 
@@ -141,6 +142,11 @@ class InitConfig:
             value = getattr(self, key)
             if value is not None and not value.strip():
                 raise ConfigError(f"init.{key} must be a checkpoint directory or null, got an empty string")
+            if getattr(self, f"freeze_{key}") and value is None:
+                # a frozen random tower would never train; and the sharded build's parametrization
+                # init skips frozen parameters where the host build does not
+                raise ConfigError(f"init.freeze_{key} needs init.{key}: freezing a tower keeps the checkpoint's "
+                                  f"weights, and there is none (a frozen random {key} would never train)")
 
     @property
     def pretrained(self) -> bool:
