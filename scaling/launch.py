@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+import torch
 
 from mm1model import records
 from mm1model.config import ConfigError, from_dict, to_dict
 from mm1model.data import DataConfig
-from mm1model.sizes import get_size
 from mm1model.data.tokenizer import checkpoint_tokenizer
+from mm1model.model import MM1
+from mm1model.pretrained import check_pretrained
+from mm1model.sizes import get_size
 from mm1model.train import TrainConfig, load_config, train
 from mm1model.train_config import InitConfig, model_config
 from scaling.executors import check_slurm, export_distributed_environment, make_executor
@@ -149,6 +152,21 @@ def pretrained_law_note(law: FitResult, init: InitConfig) -> str:
             "starts')")
 
 
+def check_launch_checkpoints(config: TrainConfig) -> None:
+    """Everything about ``config.init``'s checkpoints that can fail on the cluster, checked here
+    from their config.json, tokenizer.json and safetensors headers (no tensor data read): the
+    shape against the size (:func:`mm1model.train_config.model_config`), the tokenizer against
+    the embedding and the special ids (:func:`mm1model.data.tokenizer.checkpoint_tokenizer`),
+    and every tensor of the name maps present with its parameter's shape, on a model built on the
+    meta device (:func:`mm1model.pretrained.check_pretrained`). ConfigError, one line."""
+    mcfg = model_config(config)
+    if config.init.lm is not None:
+        checkpoint_tokenizer(config.init.lm)
+    with torch.device("meta"):
+        model = MM1(mcfg)
+    check_pretrained(model, config.init.lm, config.init.vit)
+
+
 def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str | None = None,
                    n_convention: str = "non_embedding", recipe: dict[str, Any] | None = None,
                    plan: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
@@ -165,8 +183,9 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     batch from the fit's batch law is rounded to a multiple of the GPUs when ``nodes`` is given
     (of one node's GPUs otherwise), so it divides over the ranks. ``init``: :class:`InitConfig`
     fields (``lm``, ``vit`` checkpoint directories, ``freeze_lm``, ``freeze_vit``): the checkpoints
-    are read and checked against the size here (shapes, tokenizer), the recipe records them in
-    ``weights`` and notes that the law was fitted on from-scratch sweeps.
+    are checked here (:func:`check_launch_checkpoints`: shapes, tokenizer, every tensor's name and
+    shape in the safetensors headers), the recipe records them in ``weights`` and notes that the
+    law was fitted on from-scratch sweeps.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
@@ -210,9 +229,7 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
         threads=plan_config.cpus_per_task if device == "cpu" else None, run_dir=str((out / "run").resolve()),
         init=init_config, **extra)
     if init_config.pretrained:  # a checkpoint of another shape or tokenizer fails here, not on the cluster
-        model_config(train_config)
-        if init_config.lm is not None:
-            checkpoint_tokenizer(init_config.lm)
+        check_launch_checkpoints(train_config)
     return Prepared(out=out, executor=executor, recipe=rec, plan=the_plan, train=train_config)
 
 
