@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace as dataclass_replace
 
@@ -25,9 +26,9 @@ from mm1model.data import PackedStream
 from mm1model.data.images import normalise_images
 from mm1model.data.tokenizer import load_tokenizer
 from mm1model.model import MM1
-from mm1model.parametrization import freeze_towers, param_groups
-from mm1model.pretrained import load_pretrained, read_llama
-from mm1model.shard_loading import MEAN_CHUNK_ROWS
+from mm1model.parametrization import freeze_towers, param_groups, unwrapped_name
+from mm1model.pretrained import llama_sources, load_pretrained, read_llama
+from mm1model.shard_loading import MEAN_CHUNK_ROWS, LoadReport, SafetensorsCheckpoint, load_sources
 from mm1model.train import build_model, resolve, train
 from mm1model.train_config import InitConfig, TrainConfig, model_config
 
@@ -75,6 +76,16 @@ def hf(tmp_path_factory):
     clip = transformers.CLIPVisionModel(vision).eval()
     clip.save_pretrained(root / "clip")
     return {"root": root, "tied": tied, "untied": untied, "clip": clip}
+
+
+def edited(checkpoint, path, **changes):
+    """A copy of ``checkpoint`` at ``path`` (replaced if there) whose config.json has ``changes``
+    (None removes a key)."""
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(checkpoint, path)
+    cfg = {**json.loads((path / "config.json").read_text()), **changes}
+    (path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    return path
 
 
 def loaded(hf, lm: str, **model) -> MM1:
@@ -203,60 +214,175 @@ def test_bad_checkpoints_are_one_line_each(hf, corpus, tmp_path):  # noqa: F811
     no_weights.mkdir()
     shutil.copy(tied / "config.json", no_weights)
     one_line(r"holds no model.safetensors or model.safetensors.index.json", load_pretrained, mm1, no_weights)
+    # a tokenizer whose tokens do not include the checkpoint's eos (or bos): ids of another model
+    for name, ids, match in (("far_eos", {"eos_token_id": 310}, r"config.json's eos_token_id 310 is not a token of "
+                              r"tokenizer.json \(300 tokens; eos_token_id 310 -> None, bos_token_id 1 -> '<s>'\)"),
+                             ("far_bos", {"bos_token_id": 305}, r"config.json's bos_token_id 305 is not a token of "
+                              r"tokenizer.json \(300 tokens; eos_token_id 2 -> '</s>', bos_token_id 305 -> None\)")):
+        edited(tied, tmp_path / name, **ids)
+        one_line(match + ": the tokenizer is not this model's$", load_tokenizer, corpus, tmp_path / name)
+    # config.json: a key the shape needs, missing; RoPE scaling in any spelling; ids outside the embedding
+    edited(tied, tmp_path / "no_ffn", intermediate_size=None)
+    one_line(rf"^init.lm {tmp_path / 'no_ffn' / 'config.json'} has no intermediate_size", read_llama,
+             tmp_path / "no_ffn")
+    for scaling, kind in (({"type": "linear", "factor": 2.0}, "linear"), ({"rope_type": "llama3", "factor": 8.0},
+                                                                          "llama3"), ({"factor": 2.0}, "None")):
+        edited(tied, tmp_path / "scaled", rope_scaling=scaling)
+        one_line(rf"our LM does not compute RoPE scaling {re.escape(json.dumps(scaling))} \(rope type {kind}\)$",
+                 read_llama, tmp_path / "scaled")
+    edited(tied, tmp_path / "scaled", rope_scaling={"type": "default"})
+    assert read_llama(tmp_path / "scaled").rope_theta == 5e5  # default RoPE, spelt out, is plain RoPE
+    edited(tied, tmp_path / "v5_scaled", rope_parameters={"rope_theta": 5e5, "rope_type": "yarn", "factor": 4.0})
+    one_line(r"RoPE scaling .* \(rope type yarn\)$", read_llama, tmp_path / "v5_scaled")
+    edited(tied, tmp_path / "far_pad", pad_token_id=400)
+    one_line(r"config.json's pad_token_id 400 is not a row of its 320 embedding rows$", read_llama,
+             tmp_path / "far_pad")
+    # a name map that leaves a parameter of the tower uncovered: one line, before anything is copied
+    tensors = SafetensorsCheckpoint(tied, "init.lm")
+    sources = llama_sources(mm1, tensors)
+    del sources["lm.norm.weight"]
+    before = mm1.lm.tok_embeddings.weight.clone()
+    one_line(r"the lm name map gives no source for 1 parameter\(s\) of the model, first lm.norm.weight: the "
+             r"checkpoint would leave them at their random init$", load_sources, mm1, sources, tensors, LoadReport(),
+             "lm")
+    assert torch.equal(mm1.lm.tok_embeddings.weight, before)
     # the bundled tokenizer keeps its ids
     assert load_tokenizer(corpus).special == load_tokenizer(corpus, None).special
     assert (load_tokenizer(corpus).special.image, read_llama(tied).special.image) == (2, EMBEDDING_ROWS)
 
 
-SHARDED_LOAD = """
-import json, resource, sys
+# The trainer's own sharded build (build_model on 2 gloo ranks: meta build, freeze, activation
+# checkpointing, FSDP2, to_empty, init_sharded, load) for each config; per rank: the peak RSS
+# growth during build_model (VmHWM reset just before it), the LoadReport, the gathered weights
+# against the 1-process build, and a forward / backward on one batch.
+SHARDED_BUILD = """
+import json, sys
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from mm1model.config import from_dict
 from mm1model.distributed import init_distributed
-from mm1model.model import MM1, MM1Config
-from mm1model.parallelize import init_sharded, parallelize
-from mm1model.pretrained import load_pretrained
-config, lm, vit, reference, out = sys.argv[1:]
+from mm1model.parametrization import unwrapped_name
+from mm1model.shard_loading import LoadReport
+from mm1model.train import build_model
+from mm1model.train_config import TrainConfig
+
+def status_bytes(field):  # /proc/self/status: VmRSS now, VmHWM the peak since the last reset
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
+
 ddp = init_distributed("cpu")
-with torch.device("meta"):
-    model = MM1(from_dict(MM1Config, json.loads(config)))
-parallelize(model, fsdp=True)
-model.to_empty(device="cpu")
-init_sharded(model, seed=0)
-report = load_pretrained(model, lm, vit)
-expected = load_file(reference)
-mismatched = [n for n, p in model.named_parameters() if not torch.equal(p.full_tensor(), expected[n])]
-local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
-json.dump({"mismatched": mismatched, "bytes_read": report.bytes_read, "largest_read": report.largest_read_bytes,
-           "checkpoint_bytes": report.checkpoint_bytes, "local_param_bytes": local,
-           "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, open(f"{out}.{ddp.rank}", "w"))
+torch.set_num_threads(1)
+results = {}
+for name, config, reference, out in json.loads(sys.argv[1]):
+    config = from_dict(TrainConfig, config)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = status_bytes("VmRSS")
+    report = LoadReport()
+    model, _ = build_model(config, torch.device("cpu"), report)
+    growth = status_bytes("VmHWM") - before
+    fsdp = hasattr(model.lm.tok_embeddings.weight, "full_tensor")
+    full = lambda t: t.full_tensor() if fsdp else t
+    expected = load_file(reference)
+    params = {unwrapped_name(n): p for n, p in model.named_parameters()}
+    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(4))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    result = {"fsdp": fsdp, "rss_growth": growth, "bytes_read": report.bytes_read,
+              "largest_read": report.largest_read_bytes, "checkpoint_bytes": report.checkpoint_bytes,
+              "local_param_bytes": sum((p.to_local() if fsdp else p).numel() * p.element_size() for p in params.values()),
+              "names": sorted(params) == sorted(expected),
+              "mismatched": [n for n, p in params.items() if not torch.equal(full(p), expected.get(n, p.new_zeros(0)))],
+              "tied": model.lm.output.weight is model.lm.tok_embeddings.weight,
+              "loss": loss.item()}
+    grads = {n: full(p.grad).contiguous() for n, p in params.items() if p.grad is not None}
+    if ddp.rank == 0:
+        save_file(grads, out)
+    results[name] = result
+    del model, params, loss, grads
+json.dump(results, open(f"{sys.argv[2]}.{ddp.rank}", "w"))
 """
 
+DEEP = {"n_layers": 24, "d_model": 256, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 688}  # 70 MB of fp32 LM
 
-def test_two_fsdp2_ranks_each_read_only_their_rows(hf, tmp_path):
-    """Meta build -> FSDP2 shards -> each rank reads its rows of each tensor from the sharded
-    safetensors; the gathered model equals the 1-process load exactly."""
-    one = loaded(hf, "untied")
-    save_file({n: p.detach().contiguous() for n, p in one.named_parameters()}, tmp_path / "reference.safetensors")
-    proc = run_on_loopback(2, ["-c", SHARDED_LOAD, json.dumps(to_dict(one.config)), str(hf["root"] / "untied"),
-                               str(hf["root"] / "clip"), str(tmp_path / "reference.safetensors"), str(tmp_path / "r")])
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    """An untied Llama of 24 layers of width 256 (17.6M parameters, 70 MB in fp32, no tensor over
+    0.7 MB), saved in shards: big enough that a rank holding half of it is told apart from one
+    holding all of it above the runtime's noise."""
+    from tokenizers import Tokenizer, models
+
+    path = tmp_path_factory.mktemp("deep")
+    config = transformers.LlamaConfig(vocab_size=EMBEDDING_ROWS, hidden_size=256, intermediate_size=688,
+                                      num_hidden_layers=24, num_attention_heads=4, num_key_value_heads=2,
+                                      rope_theta=5e5, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=2)
+    torch.manual_seed(5)
+    transformers.LlamaForCausalLM(config).save_pretrained(path, max_shard_size="20MB")
+    return path
+
+
+def test_two_fsdp2_ranks_build_the_trainers_model_from_their_rows_only(hf, deep, tmp_path):
+    """build_model itself on 2 gloo ranks with activation checkpointing (the trainer's sharded
+    path, taken on CPU because init loads a checkpoint): the 100K shape's tied LM (with a frozen
+    ViT), then the 70 MB untied LM. Gathered, every parameter (connector included) equals the
+    1-process build_model's exactly; the tie survives the meta build; a forward / backward
+    matches the 1-process one. Memory, per rank: the parameters it holds, the bytes it reads, and
+    its peak RSS growth during build_model of the 70 MB LM (the first build paid the imports and
+    the mesh) are each about half the model's, where 1 process grows by the whole model."""
+    clip = str(hf["root"] / "clip")
+    configs = {"tied": TrainConfig(size="100K", model=GQA, activation_checkpointing=True,  # first: imports, mesh
+                                   init=InitConfig(lm=str(hf["root"] / "tied"), vit=clip, freeze_vit=True)),
+               "deep": TrainConfig(size="100K", model={"lm": DEEP}, activation_checkpointing=True,
+                                   init=InitConfig(lm=str(deep), vit=clip))}
+    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(4))
+    expected, runs = {}, []
+    for name, config in configs.items():
+        model, _ = build_model(config, torch.device("cpu"))  # 1 process: the host path
+        save_file({unwrapped_name(n): p.detach().contiguous() for n, p in model.named_parameters()},
+                  tmp_path / f"{name}.safetensors")
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        expected[name] = {"loss": loss.item(), "full": sum(p.numel() * p.element_size() for p in model.parameters()),
+                          "grads": {unwrapped_name(n): p.grad for n, p in model.named_parameters() if p.grad is not None}}
+        runs.append([name, to_dict(config), str(tmp_path / f"{name}.safetensors"), str(tmp_path / f"{name}.grads")])
+        del model
+    proc = run_on_loopback(2, ["-c", SHARDED_BUILD, json.dumps(runs), str(tmp_path / "r")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"r.{rank}").read_text()) for rank in range(2)]
-    full = sum(p.numel() * p.element_size() for p in one.parameters())
+    alone = run_on_loopback(1, ["-c", SHARDED_BUILD, json.dumps([[*run[:3], str(tmp_path / f"one.{run[0]}")]
+                                                                 for run in runs]), str(tmp_path / "one")])
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    one = json.loads((tmp_path / "one.0").read_text())["deep"]
+    assert not one["fsdp"]
     row_bytes = 64 * 4
-    for i, rank in enumerate(ranks):
-        assert rank["mismatched"] == []
-        assert rank["local_param_bytes"] < 0.6 * full  # each rank holds about half the model
-        # one rank's reads: its half of every tensor, plus the position embeddings (read whole to
-        # interpolate) and, on the rank holding the new vocabulary rows, the embedding and head
-        # once more in chunks for their mean
-        assert rank["bytes_read"] < 0.85 * rank["checkpoint_bytes"]
-        # rank 0 reads at most its 162 of the 323 rows at once; rank 1 (the new rows) the mean's chunks
-        largest = math.ceil((EMBEDDING_ROWS + 3) / 2) if i == 0 else min(MEAN_CHUNK_ROWS, EMBEDDING_ROWS)
-        assert rank["largest_read"] == largest * row_bytes
-    print({f"rank{i}": {k: v for k, v in r.items() if k != "mismatched"} for i, r in enumerate(ranks)},
-          "full model bytes", full)
+    for name in configs:
+        full = expected[name]["full"]
+        grads = load_file(tmp_path / f"{name}.grads")
+        assert set(grads) == set(expected[name]["grads"])
+        for key, grad in expected[name]["grads"].items():
+            torch.testing.assert_close(grads[key], grad, rtol=1e-5, atol=1e-7)
+        for i, rank in enumerate(ranks):
+            run = rank[name]
+            assert run["fsdp"] and run["names"] and run["mismatched"] == [], run["mismatched"]
+            assert run["tied"] == (name == "tied")
+            assert run["loss"] == pytest.approx(expected[name]["loss"], rel=1e-6)
+            assert run["local_param_bytes"] < 0.51 * full + 64 * 1024  # its half, and rows rounded up
+            # its half of every tensor, plus the position embeddings (read whole to interpolate) and,
+            # on the rank that holds the three new vocabulary rows, the embedding and head once more
+            # (in chunks) for their mean: 2 x 320 rows of 256 floats, 0.66 MB at most
+            assert run["bytes_read"] < 0.5 * run["checkpoint_bytes"] + 2 * EMBEDDING_ROWS * 256 * 4 + 64 * 1024
+            if name == "tied":  # rank 0 reads at most its 162 of the 323 rows at once; rank 1 the mean's chunks
+                largest = math.ceil((EMBEDDING_ROWS + 3) / 2) if i == 0 else min(MEAN_CHUNK_ROWS, EMBEDDING_ROWS)
+                assert run["largest_read"] == largest * row_bytes
+    deep_full = expected["deep"]["full"]
+    for rank in ranks:  # half the model plus a constant (measured: see the printout)
+        assert rank["deep"]["rss_growth"] < 0.5 * deep_full + 8 * 2**20
+    assert one["rss_growth"] > 0.9 * deep_full and one["bytes_read"] > one["checkpoint_bytes"]  # 1 process: all
+    mib = lambda b: round(b / 2**20, 1)  # noqa: E731
+    print(f"deep: model {mib(deep_full)} MiB;", "; ".join(
+        f"rank {i}: holds {mib(r['deep']['local_param_bytes'])}, reads {mib(r['deep']['bytes_read'])}, "
+        f"RSS +{mib(r['deep']['rss_growth'])}" for i, r in enumerate(ranks)),
+        f"; 1 process: reads {mib(one['bytes_read'])}, RSS +{mib(one['rss_growth'])} MiB")
 
 
 def test_freezing_leaves_a_tower_out_of_the_optimizer(hf):
@@ -264,8 +390,14 @@ def test_freezing_leaves_a_tower_out_of_the_optimizer(hf):
     groups = param_groups(model, model.config, 1e-3, 0.1, 1e-8)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted({names[id(p)].split(".")[0] for g in groups for p in g["params"]}) == ["connector", "vit"]
-    assert from_dict(InitConfig, {"freeze_vit": True}).origin() == {"lm": "random", "vit": "random",
-                                                                   "connector": "random"}
+    assert from_dict(InitConfig, {"vit": "v", "freeze_vit": True}).origin() == {"lm": "random", "vit": "v",
+                                                                               "connector": "random"}
+    # a tower frozen at its random init would never train (and the sharded build would init it otherwise)
+    for tower in ("lm", "vit"):
+        with pytest.raises(ConfigError, match=rf"^init.freeze_{tower} needs init.{tower}: freezing a tower keeps the "
+                                              rf"checkpoint's weights, and there is none") as err:
+            from_dict(TrainConfig, {"init": {f"freeze_{tower}": True}})
+        assert "\n" not in str(err.value)
 
 
 def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf, corpus, tmp_path):  # noqa: F811
@@ -286,9 +418,22 @@ def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf,
     text = CliRunner().invoke(main, [*args, "--init-lm", lm, "--dry-run"]).stdout
     assert f"weights    lm {lm}, vit random, connector random" in text
     assert "weights    lm random, vit random, connector random" in CliRunner().invoke(main, [*args, "--dry-run"]).stdout
-    for checkpoint, message in ((tmp_path, "no config.json"), (hf["root"] / "tied", "num_key_value_heads is 2")):
-        bad = CliRunner().invoke(main, [*args, "--init-lm", str(checkpoint), "--dry-run"])
-        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr
+    # the safetensors headers are checked against the name maps too (no tensor data read)
+    weights = load_file(hf["root"] / "mha" / "model.safetensors")
+    for name, change in (("missing", lambda w: w.pop("model.layers.1.mlp.down_proj.weight")),
+                         ("reshaped", lambda w: w.update({"model.layers.0.self_attn.k_proj.weight": torch.zeros(32, 64)}))):
+        shutil.copytree(hf["root"] / "mha", tmp_path / name)
+        changed = dict(weights)
+        change(changed)
+        save_file(changed, tmp_path / name / "model.safetensors", metadata={"format": "pt"})
+    for checkpoint, message in ((tmp_path, "no config.json"), (hf["root"] / "tied", "num_key_value_heads is 2"),
+                                (tmp_path / "missing", "tensor model.layers.1.mlp.down_proj.weight (for "
+                                 "lm.blocks.1.feed_forward.w2.weight) is missing from the checkpoint"),
+                                (tmp_path / "reshaped", "model.layers.0.self_attn.k_proj.weight has shape (32, 64) in "
+                                 "the checkpoint, lm.blocks.0.attention.wk.weight is (64, 64) in the model")):
+        for dry in (["--dry-run"], []):  # refused before the plan is written, whether or not it would submit
+            bad = CliRunner().invoke(main, [*args, "--init-lm", str(checkpoint), *dry])
+            assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
     assert not (tmp_path / "l").exists()
 
 
