@@ -13,17 +13,13 @@ from typing import Any, Sequence
 
 from mm1model import records
 from mm1model.config import ConfigError
-from scaling.compare import (DEFAULT_BOOTSTRAP, METRICS, CompareResult, compare_runs, json_safe, load_runs,
-                             write_result)
+from scaling.compare import DEFAULT_BOOTSTRAP, METRICS, compare_runs, load_runs
+from scaling.compare_report import CompareResult, json_safe, seeds_text, write_result
 
 
 # How the verdicts of several seed sets on one figure relate (:meth:`SeedSetsResult.agreement`).
 AGREEMENT = ("same", "none", "differ")
 STATUS_TEXT = {"same": "same verdict", "none": "no verdict in any", "differ": "differ"}
-
-
-def _shown(seeds: Sequence[int]) -> str:
-    return ",".join(map(str, seeds))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -81,11 +77,11 @@ class SeedSetsResult:
         lines = []
         for metric, results in self.results.items():
             for result in results:
-                lines += [f"=== metric {metric}, seeds {_shown(result.seeds)}", result.table(), ""]
+                lines += [f"=== metric {metric}, seeds {seeds_text(result.seeds)}", result.table(), ""]
             if len(results) < 2:
                 continue
             found = self.agreement(metric)
-            sets = " vs ".join(_shown(r.seeds) for r in results)
+            sets = " vs ".join(seeds_text(r.seeds) for r in results)
             lines += [f"=== agreement of the verdicts, metric {metric}, seeds {sets}",
                       f"{'family':<6} {'road':<16} {'figure':<21} {'verdicts':<28} agreement"]
             for row in found["rows"]:
@@ -130,7 +126,7 @@ def run_compare_seed_sets(sweep_dirs: list[str | Path], seed_sets: Sequence[Sequ
     if out is None:
         return found
     out = Path(out)
-    written = {metric: [write_result(r, out / metric / f"seeds={_shown(r.seeds)}") for r in results]
+    written = {metric: [write_result(r, out / metric / f"seeds={seeds_text(r.seeds)}") for r in results]
                for metric, results in found.results.items()}
     done = SeedSetsResult(written)
     records.write_json(out / "agreement.json", done.to_json())

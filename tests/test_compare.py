@@ -29,7 +29,8 @@ from mm1model.train import build_model
 from mm1model.train_config import TrainConfig, resolve
 from scaling.cells import cell_name
 from scaling.cli import main
-from scaling.compare import FIGURES, CompareResult, Verdict, compare, compare_runs, load_runs, single_parametrization
+from scaling.compare import FIGURES, compare, compare_runs, load_runs, single_parametrization
+from scaling.compare_report import CompareResult, Verdict
 from scaling.intervals import Interval, seeds_to_settle, small_sample_factor
 from scaling.runs import Parametrization
 from scaling.seed_sets import SeedSetsResult
