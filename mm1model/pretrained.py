@@ -179,9 +179,11 @@ def read_llama(path: str | Path, where: str = "init.lm") -> PretrainedLM:
                         norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), eos_id=eos, bos_id=bos, pad_id=pad)
 
 
-def check_lm_shape(lm: LMConfig, pretrained: PretrainedLM, where: str = "init.lm", size: str = "") -> None:
+def check_lm_shape(lm: LMConfig, pretrained: PretrainedLM, where: str = "init.lm", size: str = "",
+                   overridable: bool = True) -> None:
     """ConfigError (one line, naming the field and both values) unless ``lm`` has the checkpoint's
-    shape: width, depth, heads, KV heads, ffn and the grown vocabulary."""
+    shape: width, depth, heads, KV heads, ffn and the grown vocabulary. ``overridable``: the line
+    suggests a ``model.lm`` override (False where none can be given: `scaling launch`)."""
     pairs = (("d_model", lm.d_model, "hidden_size", pretrained.d_model),
              ("n_layers", lm.n_layers, "num_hidden_layers", pretrained.n_layers),
              ("n_heads", lm.n_heads, "num_attention_heads", pretrained.n_heads),
@@ -191,9 +193,11 @@ def check_lm_shape(lm: LMConfig, pretrained: PretrainedLM, where: str = "init.lm
               pretrained.embedding_rows + len(ADDED_IMAGE_TOKENS)))
     for ours, value, theirs, checkpoint in pairs:
         if value != checkpoint:
+            fix = (f"use the size of the checkpoint's shape or override model.lm.{ours}" if overridable else
+                   f"`scaling launch` takes the size's shape as it is: launch the size of the checkpoint's shape, or "
+                   f"train from a config that overrides model.lm.{ours} (python -m mm1model.train)")
             raise ConfigError(f"{where} {pretrained.path}: the checkpoint's {theirs} is {checkpoint}, the model's "
-                              f"lm.{ours} {value}{f' (size {size})' if size else ''}: use the size of the "
-                              f"checkpoint's shape or override model.lm.{ours}")
+                              f"lm.{ours} {value}{f' (size {size})' if size else ''}: {fix}")
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ def read_clip(path: str | Path, where: str = "init.vit") -> PretrainedViT:
                          norm_eps=float(vision.get("layer_norm_eps", 1e-5)))
 
 
-def check_vit_shape(vit: ViTConfig, pretrained: PretrainedViT, where: str = "init.vit", size: str = "") -> None:
+def check_vit_shape(vit: ViTConfig, pretrained: PretrainedViT, where: str = "init.vit", size: str = "",
+                    overridable: bool = True) -> None:
     """ConfigError (one line) unless ``vit`` has the checkpoint's width, depth, heads, MLP and
     patch size (the resolution may differ: position embeddings are interpolated)."""
     pairs = (("width", vit.width, "hidden_size", pretrained.width),
@@ -250,9 +255,11 @@ def check_vit_shape(vit: ViTConfig, pretrained: PretrainedViT, where: str = "ini
              ("patch_size", vit.patch_size, "patch_size", pretrained.patch_size))
     for ours, value, theirs, checkpoint in pairs:
         if value != checkpoint:
+            fix = (f"use the size of the checkpoint's shape or override model.vit.{ours}" if overridable else
+                   f"`scaling launch` takes the size's shape as it is: launch the size of the checkpoint's shape, or "
+                   f"train from a config that overrides model.vit.{ours} (python -m mm1model.train)")
             raise ConfigError(f"{where} {pretrained.path}: the checkpoint's {theirs} is {checkpoint}, the model's "
-                              f"vit.{ours} {value}{f' (size {size})' if size else ''}: use the size of the "
-                              f"checkpoint's shape or override model.vit.{ours}")
+                              f"vit.{ours} {value}{f' (size {size})' if size else ''}: {fix}")
 
 
 # ----------------------------------------------------------------------------------------------

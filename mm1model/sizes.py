@@ -13,8 +13,10 @@ Mistral SentencePiece vocabulary (a documented default; on the bundled corpus on
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mm1model import paper
-from mm1model.config import ConfigError
+from mm1model.config import ConfigError, replace
 from mm1model.counting import param_counts
 from mm1model.model import LMConfig, MM1Config
 from mm1model.vision import ConnectorConfig, ViTConfig
@@ -139,33 +141,79 @@ SIZES: dict[str, MM1Config] = {
     "gd48": _gpu_family("gd48", 1024, 48),
 }
 
-# Which public checkpoint each size can start from (``TrainConfig.init``, mm1model.pretrained):
-# the size keeps its shape and a checkpoint must match it, so an entry names a checkpoint of the
-# size's shape, or the ``model.lm`` overrides that give the checkpoint's shape, or says there is
-# none (then sweep and train from scratch). Keyed by size (LM) and by the ViT's shape.
+# Which public checkpoint each size can start from (``TrainConfig.init``, mm1model.pretrained).
+# The size keeps its shape and a checkpoint must match it, so each entry says whether the
+# checkpoint has the size's shape exactly (then `scaling launch --init-lm / --init-vit` takes it)
+# or which ``model.lm`` overrides reach its shape (then only a train config or a sweep's
+# ``[train.model]`` can start from it: `scaling launch` takes a size's shape as it is and refuses
+# the checkpoint in one line naming the first differing dimension). Repo ids and shapes from each
+# checkpoint's published config.json; only safetensors weights load.
+@dataclass(frozen=True)
+class PublicCheckpoint:
+    """A public Hugging Face checkpoint a size's tower can start from: ``repo`` (its Hub id),
+    ``lm_overrides`` the ``model.lm`` fields (name, value) a train config must set to reach its
+    shape (empty: the size's own shape), ``image_size`` the resolution a ViT checkpoint was
+    learned at when it is not the size's (its position embeddings are interpolated at load; no
+    override needed), ``note`` what else a user should know."""
+
+    repo: str
+    note: str = ""
+    lm_overrides: tuple[tuple[str, int], ...] = ()
+    image_size: int | None = None
+
+    def describe(self, size: str) -> str:
+        """One line for ``scaling sizes``: the repo, exact or the overrides it needs (and the N
+        the size has with them), and the note."""
+        if self.image_size is not None:
+            fit = (f"the size's width, depth, heads and patch, learned at {self.image_size} px: position embeddings "
+                   f"interpolated to {get_size(size).vit.image_size} at load (`scaling launch` takes it)")
+        elif not self.lm_overrides:
+            fit = "exact shape (`scaling launch` takes it)"
+        else:
+            lm = replace(get_size(size).lm, **dict(self.lm_overrides))
+            n = param_counts(replace(get_size(size), lm=lm)).params
+            fit = (f"needs model.lm {', '.join(f'{k} {v}' for k, v in self.lm_overrides)} (N {n / 1e9:.3g}B): a train "
+                   "config or a sweep's [train.model], not `scaling launch`")
+        return f"{self.repo}, {fit}" + (f"; {self.note}" if self.note else "")
+
+
 NO_PUBLIC_LM = "none in Llama format at this shape: starts from scratch"
 PRETRAINED_LM = {
-    "1.2B": "TinyLlama/TinyLlama-1.1B (d 2048, 32 heads, ffn 5632) with a train config's model.lm n_layers 22, "
-            "n_kv_heads 4 (N 0.97B)",
-    "3B": "none: Llama-3.2-3B (d 3072, ffn 8192) uses llama3 RoPE scaling, which the LM does not compute",
-    "7B": "mistralai/Mistral-7B-v0.1, exact shape (its 4096-token sliding window covers MM1's sequence)",
-    "30B": "huggyllama/llama-30b (LLaMA-30B) with a train config's model.lm n_layers 60 (N 32.1B)",
+    # hidden 2048, 22 layers, 32 heads, 4 KV heads, ffn 5632, vocab 32000, untied (TinyLlama's config.json)
+    "1.2B": PublicCheckpoint("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+                             lm_overrides=(("n_layers", 22), ("n_kv_heads", 4))),
+    # hidden 4096, 32 layers, 32 heads, 8 KV heads, ffn 14336, vocab 32000, untied
+    "7B": PublicCheckpoint("mistralai/Mistral-7B-v0.1", "its 4096-token sliding window covers MM1's sequence"),
+    # hidden 6656, 60 layers, 52 heads, ffn 17920, vocab 32000, untied
+    "30B": PublicCheckpoint("huggyllama/llama-30b", "LLaMA-30B's 60 layers", lm_overrides=(("n_layers", 60),)),
+}
+# Sizes with no Llama-format checkpoint of their shape, and why not the obvious one.
+LM_WITHOUT_CHECKPOINT = {
+    "3B": "Llama-3.2-3B (d 3072, ffn 8192) uses llama3 RoPE scaling, which the LM does not compute",
 }
 _PRETRAINED_VIT = {  # (width, n_layers, patch_size, image_size) -> a CLIP checkpoint of that shape
-    (1024, 24, 14, 336): "openai/clip-vit-large-patch14-336, exact (QuickGELU)",
-    (1280, 32, 14, 378): "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (GELU; 224 px, position embeddings interpolated "
-                         "to 378); apple/DFN5B-CLIP-ViT-H-14-378 is in open_clip's format, not read",
-    (768, 12, 16, 224): "openai/clip-vit-base-patch16, exact (QuickGELU)",
+    (1024, 24, 14, 336): PublicCheckpoint("openai/clip-vit-large-patch14-336", "QuickGELU"),
+    (1280, 32, 14, 378): PublicCheckpoint(
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "GELU; apple/DFN5B-CLIP-ViT-H-14-378 (MM1's own encoder) holds no "
+        "safetensors on the Hub: not read as it is", image_size=224),
+    (768, 12, 16, 224): PublicCheckpoint("openai/clip-vit-base-patch16", "QuickGELU"),
 }
 NO_PUBLIC_VIT = "none at this shape: starts from scratch"
 
 
 def pretrained_starts(name: str) -> dict[str, str]:
     """``{"lm": ..., "vit": ...}``: the public checkpoint each tower of size ``name`` can start
-    from (:data:`PRETRAINED_LM`, the ViT's shape), or that there is none."""
+    from, exact or with the overrides it needs (:class:`PublicCheckpoint`), or that there is none."""
     vit = get_size(name).vit
-    return {"lm": PRETRAINED_LM.get(name, NO_PUBLIC_LM),
-            "vit": _PRETRAINED_VIT.get((vit.width, vit.n_layers, vit.patch_size, vit.image_size), NO_PUBLIC_VIT)}
+    lm = PRETRAINED_LM.get(name)
+    vit_start = _PRETRAINED_VIT.get((vit.width, vit.n_layers, vit.patch_size, vit.image_size))
+    if lm is not None:
+        lm_text = lm.describe(name)
+    elif name in LM_WITHOUT_CHECKPOINT:
+        lm_text = f"none: {LM_WITHOUT_CHECKPOINT[name]}; starts from scratch"
+    else:
+        lm_text = NO_PUBLIC_LM
+    return {"lm": lm_text, "vit": vit_start.describe(name) if vit_start else NO_PUBLIC_VIT}
 
 
 FAMILIES = ("mm1", "width", "depth")

@@ -36,11 +36,11 @@ import submitit
 import torch
 
 from mm1model import records
-from mm1model.config import ConfigError, from_dict, to_dict
+from mm1model.config import ConfigError, from_dict, replace, to_dict
 from mm1model.data import DataConfig
 from mm1model.data.tokenizer import checkpoint_tokenizer
 from mm1model.model import MM1
-from mm1model.pretrained import check_pretrained
+from mm1model.pretrained import check_lm_shape, check_pretrained, check_vit_shape, read_clip, read_llama
 from mm1model.sizes import get_size
 from mm1model.train import TrainConfig, load_config, train
 from mm1model.train_config import InitConfig, model_config
@@ -155,10 +155,18 @@ def pretrained_law_note(law: FitResult, init: InitConfig) -> str:
 def check_launch_checkpoints(config: TrainConfig) -> None:
     """Everything about ``config.init``'s checkpoints that can fail on the cluster, checked here
     from their config.json, tokenizer.json and safetensors headers (no tensor data read): the
-    shape against the size (:func:`mm1model.train_config.model_config`), the tokenizer against
+    shape against the size's, which a launch cannot override (one line naming the first differing
+    dimension; :func:`mm1model.pretrained.check_lm_shape`), the tokenizer against
     the embedding and the special ids (:func:`mm1model.data.tokenizer.checkpoint_tokenizer`),
     and every tensor of the name maps present with its parameter's shape, on a model built on the
     meta device (:func:`mm1model.pretrained.check_pretrained`). ConfigError, one line."""
+    size = get_size(config.size)  # a launch has no model overrides: the checkpoint must have the size's shape
+    if config.init.lm is not None:
+        lm = read_llama(config.init.lm)
+        check_lm_shape(replace(size.lm, vocab_size=lm.lm_fields()["vocab_size"]), lm, size=config.size,
+                       overridable=False)
+    if config.init.vit is not None:
+        check_vit_shape(size.vit, read_clip(config.init.vit), size=config.size, overridable=False)
     mcfg = model_config(config)
     if config.init.lm is not None:
         checkpoint_tokenizer(config.init.lm)

@@ -437,34 +437,83 @@ def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf,
     assert not (tmp_path / "l").exists()
 
 
-def test_the_size_table_names_checkpoints_of_its_shapes(tmp_path):
-    """The table's exact-shape entries against those checkpoints' published config.json values."""
-    from mm1model.pretrained import check_lm_shape, check_vit_shape, read_clip
-    from mm1model.sizes import get_size, pretrained_starts, size_table
+# The config.json values of the size table's public checkpoints, as published on the Hugging Face
+# Hub (each repo's config.json; the LMs' all have vocab_size 32000, eos 2, untied heads).
+PUBLISHED_LM = {
+    "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": {
+        "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "intermediate_size": 5632, "rope_theta": 10000.0, "rms_norm_eps": 1e-5},
+    "mistralai/Mistral-7B-v0.1": {
+        "model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+        "sliding_window": 4096},
+    "huggyllama/llama-30b": {
+        "model_type": "llama", "hidden_size": 6656, "num_hidden_layers": 60, "num_attention_heads": 52,
+        "intermediate_size": 17920, "rms_norm_eps": 1e-6, "pad_token_id": 0},
+}
+PUBLISHED_VIT = {  # vision_config of each CLIPModel
+    "openai/clip-vit-large-patch14-336": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                                          "intermediate_size": 4096, "patch_size": 14, "image_size": 336,
+                                          "hidden_act": "quick_gelu"},
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
+                                              "intermediate_size": 5120, "patch_size": 14, "image_size": 224,
+                                              "hidden_act": "gelu"},
+    "openai/clip-vit-base-patch16": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                                     "intermediate_size": 3072, "patch_size": 16, "image_size": 224,
+                                     "hidden_act": "quick_gelu"},
+}
 
-    mistral = {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-               "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "rope_theta": 10000.0,
-               "rms_norm_eps": 1e-5, "eos_token_id": 2, "tie_word_embeddings": False, "hidden_act": "silu"}
-    (tmp_path / "mistral").mkdir()
-    (tmp_path / "mistral" / "config.json").write_text(json.dumps(mistral))
-    seven = get_size("7B").lm
-    check_lm_shape(dataclass_replace(seven, vocab_size=32003), read_llama(tmp_path / "mistral"))
-    assert pretrained_starts("7B")["lm"].startswith("mistralai/Mistral-7B-v0.1, exact shape")
-    clip_l = {"model_type": "clip", "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24,
-              "num_attention_heads": 16, "intermediate_size": 4096, "patch_size": 14, "image_size": 336,
-              "hidden_act": "quick_gelu"}}
-    (tmp_path / "clip").mkdir()
-    (tmp_path / "clip" / "config.json").write_text(json.dumps(clip_l))
-    save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(1)},
-              tmp_path / "clip" / "model.safetensors")
-    pretrained = read_clip(tmp_path / "clip")
-    assert (pretrained.prefix, pretrained.activation) == ("vision_model.", "quick_gelu")
-    for size in ("9M", "85M", "302M", "1.2B"):
-        check_vit_shape(get_size(size).vit, pretrained)
+
+def test_the_size_table_says_which_checkpoints_fit_exactly_and_which_need_overrides(tmp_path):
+    """Each public LM of the table, at its published config.json: with the overrides its entry
+    names it fits the size; `scaling launch` (no overrides) takes the exact ones and refuses the
+    others in one line naming the first differing dimension. Each CLIP fits its sizes' ViT."""
+    from mm1model.pretrained import check_lm_shape, check_vit_shape, read_clip
+    from mm1model.sizes import PRETRAINED_LM, _PRETRAINED_VIT, get_size, pretrained_starts, size_names, size_table
+    from scaling.launch import check_launch_checkpoints
+
+    assert set(PUBLISHED_LM) == {entry.repo for entry in PRETRAINED_LM.values()}
+    for size, entry in PRETRAINED_LM.items():
+        path = tmp_path / entry.repo.replace("/", "--")
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({**PUBLISHED_LM[entry.repo], "vocab_size": 32000,
+                                                      "eos_token_id": 2, "tie_word_embeddings": False}))
+        checkpoint = read_llama(path)
+        grown = {"vocab_size": 32003}
+        check_lm_shape(dataclass_replace(get_size(size).lm, **dict(entry.lm_overrides), **grown), checkpoint)
+        described = pretrained_starts(size)["lm"]
+        if not entry.lm_overrides:
+            assert described.startswith(f"{entry.repo}, exact shape (`scaling launch` takes it)")
+            check_lm_shape(dataclass_replace(get_size(size).lm, **grown), checkpoint, overridable=False)
+            continue
+        assert described.startswith(f"{entry.repo}, needs model.lm ") and "not `scaling launch`" in described
+        field, value = entry.lm_overrides[0]
+        with pytest.raises(ConfigError, match=rf"the model's lm.{field} {getattr(get_size(size).lm, field)} "
+                                              rf"\(size {size}\): `scaling launch` takes the size's shape as it is") as err:
+            check_launch_checkpoints(TrainConfig(size=size, init=InitConfig(lm=str(path))))
+        assert f"is {value}, " in str(err.value) and "\n" not in str(err.value)
+    assert pretrained_starts("1.2B")["lm"].startswith("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T, needs "
+                                                      "model.lm n_layers 22, n_kv_heads 4 (N 0.969B)")
+    assert pretrained_starts("30B")["lm"].startswith("huggyllama/llama-30b, needs model.lm n_layers 60 (N 32.1B)")
+    assert pretrained_starts("3B")["lm"].startswith("none: Llama-3.2-3B")
+
+    assert set(PUBLISHED_VIT) == {entry.repo for entry in _PRETRAINED_VIT.values()}
+    for repo, vision in PUBLISHED_VIT.items():
+        path = tmp_path / repo.replace("/", "--")
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": vision}))
+        save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(1)}, path / "model.safetensors")
+        checkpoint = read_clip(path)
+        assert (checkpoint.prefix, checkpoint.activation) == ("vision_model.", vision["hidden_act"])
+        sizes = [n for n in size_names(None) if pretrained_starts(n)["vit"].startswith(repo)]
+        assert sizes
+        for size in sizes:
+            check_vit_shape(get_size(size).vit, checkpoint, overridable=False)
     rows = {r["name"]: r for r in size_table()}
-    assert rows["9M"]["pretrained_vit"].startswith("openai/clip-vit-large-patch14-336")
-    assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14")
-    assert "interpolated to 378" in rows["30B"]["pretrained_vit"]
+    assert rows["9M"]["pretrained_vit"].startswith("openai/clip-vit-large-patch14-336, exact shape")
+    assert rows["30B"]["pretrained_vit"].startswith("laion/CLIP-ViT-H-14-laion2B-s32B-b79K, the size's width, depth, "
+                                                    "heads and patch, learned at 224 px: position embeddings "
+                                                    "interpolated to 378")
     assert rows["85M"]["pretrained_lm"].startswith("none")
 
 
