@@ -23,8 +23,9 @@ def status_command(sweep_dir, watch, watch_count) -> None:
         return
     if watch <= 0:
         raise ConfigError(f"--watch takes a number of seconds > 0, got {watch:g}")
-    # each refresh with the stops recorded so far (an adaptive sweep: why each size stopped)
-    echo = lambda text: click.echo("\n".join([text] + stop_lines(sweep_dir)) + "\n")  # noqa: E731
+    def echo(text: str) -> None:  # each refresh with why each size stopped so far (an adaptive sweep)
+        click.echo("\n".join([text] + stop_lines(sweep_dir)) + "\n")
+
     try:
         watch_status(sweep_dir, watch, echo=echo, count=watch_count)
     except KeyboardInterrupt:
