@@ -23,6 +23,7 @@ def status_command(sweep_dir, watch, watch_count) -> None:
         return
     if watch <= 0:
         raise ConfigError(f"--watch takes a number of seconds > 0, got {watch:g}")
+
     def echo(text: str) -> None:  # each refresh with why each size stopped so far (an adaptive sweep)
         click.echo("\n".join([text] + stop_lines(sweep_dir)) + "\n")
 
