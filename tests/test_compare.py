@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from mm1model import records
 from mm1model.config import ConfigError, from_dict
-from mm1model.counting import param_counts
+from mm1model.counting import image_flops, param_counts
 from mm1model.data.stream import PackedStream
 from mm1model.parametrization import param_rules
 from mm1model.sizes import get_size
@@ -34,7 +34,7 @@ from scaling.compare_report import CompareResult, Verdict
 from scaling.intervals import Interval, seeds_to_settle, small_sample_factor
 from scaling.runs import Parametrization
 from scaling.seed_sets import SeedSetsResult
-from scaling.sweep_plan import load_sweep_config, plan_sweep
+from scaling.sweep_plan import load_sweep_config, plan_sweep, sweep_arms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,6 +249,25 @@ def test_paired_seeds_share_data_order_and_initialisation(corpus):
     for name in kept:
         assert torch.equal(models["sp"][name], models["mup"][name]), name
     assert not torch.equal(models["sp"]["lm.tok_embeddings.weight"], models["sp2"]["lm.tok_embeddings.weight"])
+
+
+def test_gpu_file_cost_with_what_its_dry_run_leaves_out():
+    # sweeps/transfer-gpu.toml's comment: the dry run's text FLOPs, the ViT and connector per
+    # image per sequence, and the worst case of the edge extensions (max_extend more LRs of 4
+    # seeds at every size of every arm), in node-days of 8 GPUs at 989 TFLOP/s and 40% MFU
+    gpu = ROOT / "sweeps" / "transfer-gpu.toml"
+    node_day = 8 * 989e12 * 0.4 * 86400
+    plans = [plan_sweep(load_sweep_config(gpu, arm=arm)) for arm in sweep_arms(gpu)]
+    cells = [(s, len(s.lrs) * s.seeds) for plan in plans for s in plan.sizes]
+    text = sum(s.flops * n for s, n in cells)
+    images = sum(image_flops(get_size(s.size)) * s.tokens / s.seq_len * n for s, n in cells)  # 1 per sequence
+    [max_extend] = {plan.config.max_extend for plan in plans}
+    [lrs] = {len(s.lrs) for s, _ in cells}
+    assert (text / node_day, images / text) == pytest.approx((0.966, 0.0269), abs=5e-4)
+    assert max_extend == 2 and lrs == 4
+    worst = (text + images) * (lrs + max_extend) / lrs
+    assert (worst, worst / node_day) == pytest.approx((4.07e20, 1.488), rel=1e-3)
+    assert (text + images) * (lrs + 1) / lrs / node_day == pytest.approx(1.240, abs=1e-3)  # max_extend = 1
 
 
 # ------------------------------------------------------------------------------------ intervals and verdicts
