@@ -23,7 +23,7 @@ from mm1model import records
 from mm1model.config import ConfigError, from_dict
 from mm1model.counting import image_flops, param_counts
 from mm1model.data.stream import PackedStream
-from mm1model.parametrization import param_rules
+from mm1model.parametrization import multipliers, param_rules
 from mm1model.sizes import get_size
 from mm1model.train import build_model
 from mm1model.train_config import TrainConfig, resolve
@@ -218,36 +218,41 @@ def test_one_parametrization_name_per_run():
 
 
 # ------------------------------------------------------------------------------------ paired seeds
-def test_paired_seeds_share_data_order_and_initialisation(corpus):
-    # The shipped transfer file: seed s of the SP and the muP arm at one size differ only in the
-    # model's parametrization (and the LR grid): same init seed, same data, same order.
+@pytest.mark.parametrize("sp_arm, arm, size", [("sp-width", "mup-width", "w64"), ("sp-depth", "completep-depth", "d4")])
+def test_paired_seeds_share_data_order_and_initialisation(corpus, sp_arm, arm, size):
+    # The shipped transfer file: seed s of the SP arm and of the muP (CompleteP) arm at one size
+    # differ only in the model's parametrization (and the LR grid): same init seed, same data,
+    # same order. d4 is twice CompleteP's base depth, so its depth multipliers are not 1.
     transfer = ROOT / "sweeps" / "transfer.toml"
-    plans = {arm: plan_sweep(load_sweep_config(transfer, arm=arm, out="/tmp/x")) for arm in ("sp-width", "mup-width")}
-    cells = {arm: {(c.size, c.seed): c for c in plan.cells()} for arm, plan in plans.items()}
-    assert {k[1] for k in cells["sp-width"]} == {k[1] for k in cells["mup-width"]} == {0, 1, 2, 3}
+    plans = {a: plan_sweep(load_sweep_config(transfer, arm=a, out="/tmp/x")) for a in (sp_arm, arm)}
+    cells = {a: {(c.size, c.seed): c for c in plan.cells()} for a, plan in plans.items()}
+    assert {k[1] for k in cells[sp_arm]} == {k[1] for k in cells[arm]} == {0, 1, 2, 3}
 
-    def config(arm, seed):
-        train = plans[arm].cell_train(cells[arm]["w64", seed])
+    def config(a, seed):
+        train = plans[a].cell_train(cells[a][size, seed])
         train = {**train, "data": {**train["data"], "corpus": corpus}}
         return resolve(from_dict(TrainConfig, train))
 
-    sp, mup, sp_other = config("sp-width", 1), config("mup-width", 1), config("sp-width", 2)
-    assert sp.seed == mup.seed == 1 and sp.data == mup.data
-    assert dataclasses.replace(mup, model=sp.model, optimizer=sp.optimizer) == sp
+    sp, other, sp_other = config(sp_arm, 1), config(arm, 1), config(sp_arm, 2)
+    assert other.model["parametrization"] != "sp" and other.model["base_size"] != size
+    assert sp.seed == other.seed == 1 and sp.data == other.data
+    assert dataclasses.replace(other, model=sp.model, optimizer=sp.optimizer) == sp
     # the data order: the first batches of every lane are the same tokens in both arms (and for
     # another seed too: the order is data.seed's, which no cell sets)
     for lane in range(2):
-        streams = [PackedStream(c.data, rank=lane, world_size=sp.batch_size, split="train") for c in (sp, mup, sp_other)]
+        streams = [PackedStream(c.data, rank=lane, world_size=sp.batch_size, split="train") for c in (sp, other, sp_other)]
         for _ in range(2):
             a, b, c = (s.next_batch(2)["input_ids"] for s in streams)
             assert torch.equal(a, b) and torch.equal(a, c)
-    # the initialisation: every parameter muP does not re-draw is SP's, bit for bit; seed 2's is not
-    built = {name: build_model(c, torch.device("cpu"))[0] for name, c in (("sp", sp), ("mup", mup), ("sp2", sp_other))}
+    # the initialisation: every parameter the parametrization does not re-draw is SP's, bit for
+    # bit; seed 2's is not
+    built = {name: build_model(c, torch.device("cpu"))[0] for name, c in (("sp", sp), ("other", other), ("sp2", sp_other))}
     models = {name: dict(model.named_parameters()) for name, model in built.items()}
-    kept = [n for n, rule in param_rules(built["mup"]).items() if rule.init_std is None]
+    kept = [n for n, rule in param_rules(built["other"]).items() if rule.init_std is None]
+    assert multipliers(built["other"].config) == ({"w64": (2.0, 1.0), "d4": (1.0, 2.0)}[size])
     assert len(kept) > 10 and "lm.tok_embeddings.weight" in kept
     for name in kept:
-        assert torch.equal(models["sp"][name], models["mup"][name]), name
+        assert torch.equal(models["sp"][name], models["other"][name]), name
     assert not torch.equal(models["sp"]["lm.tok_embeddings.weight"], models["sp2"]["lm.tok_embeddings.weight"])
 
 
