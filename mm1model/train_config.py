@@ -153,6 +153,13 @@ class InitConfig:
         """Whether any tower starts from a checkpoint."""
         return self.lm is not None or self.vit is not None
 
+    @property
+    def towers(self) -> str:
+        """Which towers start from checkpoints: ``none`` (all from scratch), ``lm``, ``vit`` or
+        ``lm+vit``. A runs table's ``init`` column and a fit's ``init`` (the regime its LR
+        sweeps trained in) record it; `scaling launch` compares it with the target's."""
+        return "+".join(t for t in ("lm", "vit") if getattr(self, t) is not None) or "none"
+
     def origin(self) -> dict[str, str]:
         """Where each tower's weights come from, for records: a checkpoint path or ``random``."""
         return {"lm": self.lm or "random", "vit": self.vit or "random", "connector": "random"}

@@ -46,7 +46,8 @@ def read_runs(inputs: Sequence[str | Path], n_convention: str = "non_embedding")
 
     Columns: ``params`` (N, > 0), ``lr`` (peak LR, > 0), ``loss`` (final validation loss) are
     required; ``size, tokens, batch_size, seq_len, batch_tokens, schedule, seed, status, steps,
-    wall_s, path`` optional (the batch in tokens per step: :func:`scaling.optima.batch_tokens`). A run with
+    wall_s, path, init`` optional (the batch in tokens per step: :func:`scaling.optima.batch_tokens`;
+    ``init``: :func:`single_init`). A run with
     status ``diverged`` or a non-finite loss gets loss = +inf (worse than any finite loss);
     status ``failed`` rows are not results and are left out. A missing column, a value that is
     not a number (``6.98O``), an empty loss on a row whose status is not diverged or failed, or a
@@ -185,6 +186,19 @@ def single_schedule(runs: pd.DataFrame) -> str | None:
     if len(names) > 1:
         raise ConfigError(f"runs mix schedules {', '.join(names)}: a law is valid for the schedule it was "
                           "swept with; fit each separately")
+    return names[0] if names else None
+
+
+def single_init(runs: pd.DataFrame) -> str | None:
+    """The towers the runs started from checkpoints (the ``init`` column's one value: ``none``,
+    ``lm``, ``vit``, ``lm+vit``; None without the column). A ConfigError when they mix: a sweep
+    from scratch and one from pretrained checkpoints measure different regimes."""
+    if "init" not in runs:
+        return None
+    names = sorted({str(v) for v in runs["init"].dropna()})
+    if len(names) > 1:
+        raise ConfigError(f"runs mix pretrained starts (init {', '.join(names)}): a law holds for the regime it was "
+                          "swept in (from scratch, or from pretrained towers); fit each separately")
     return names[0] if names else None
 
 
@@ -547,7 +561,8 @@ def fit_runs(runs: pd.DataFrame, select: str = "parabola", features: str | Seque
     cell and refitting both laws: ``bootstrap_coefficients`` / ``bootstrap_ci95`` /
     ``bootstrap_interval`` and each optimum's ``lr_ci95``; ``weighted``: WLS from the optima's
     bootstrap variances. The runs must share one parametrization
-    (:func:`scaling.runs.single_parametrization`) and one schedule (:func:`single_schedule`).
+    (:func:`scaling.runs.single_parametrization`), one schedule (:func:`single_schedule`) and one
+    pretrained start (:func:`single_init`, recorded as the law's ``init``).
     """
     key = features if isinstance(features, str) else ",".join(features)
     if key not in FEATURES:
@@ -562,6 +577,7 @@ def fit_runs(runs: pd.DataFrame, select: str = "parabola", features: str | Seque
     runs = clean_runs(runs)  # diverged -> +inf, failed rows out, bad values refused
     single_parametrization(runs)
     schedule = single_schedule(runs)
+    init = single_init(runs)
     optima, dropped, notes, draws = select_cells(runs, select, feature_list, bootstrap, seed)
     if len(optima) < 2:
         dropped_note = f" ({len(dropped)} dropped: every run diverged)" if dropped else ""
@@ -588,5 +604,5 @@ def fit_runs(runs: pd.DataFrame, select: str = "parabola", features: str | Seque
                      seed=seed, optima=optima, dropped_groups=dropped, batch_law=batch,
                      bootstrap_coefficients=coefs.tolist(), bootstrap_failed=failed,
                      bootstrap_ci95=_percentile_ci95(coefs, fitted["coefficients"]),
-                     schedule=schedule, seq_len=single_seq_len(runs),
+                     schedule=schedule, seq_len=single_seq_len(runs), init=init,
                      weight_decay_ratio=single_weight_decay_ratio(runs), warnings=notes, **fitted)

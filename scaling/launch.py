@@ -142,14 +142,28 @@ def load_law(fit: str | Path | None, reference: str | None, size: str, n_convent
     return law
 
 
-def pretrained_law_note(law: FitResult, init: InitConfig) -> str:
-    """What a launch says when it applies an LR law to a pretrained start (``init``)."""
-    towers = " and ".join(t for t in ("lm", "vit") if getattr(init, t) is not None)
+def _regime(towers: str) -> str:
+    return "from scratch" if towers == "none" else f"from a pretrained {towers.replace('+', ' and ')}"
+
+
+def law_init_note(law: FitResult, init: InitConfig) -> str | None:
+    """What a launch says when its start (``init``) is not the regime the law's LR sweeps trained
+    in (:attr:`scaling.law.FitResult.init`): a law fitted from scratch applied to a pretrained
+    start, or the reverse, or other pretrained towers; and, for a pretrained start, a law that does
+    not record its sweeps' start (MM1's published law, an old fit.json). None when they agree."""
     law_name = "MM1's published law" if law.source == "mm1" else "a `scaling fit` law"
-    return (f"weights: the {towers} start pretrained, but the peak LR comes from {law_name}, fitted on LR sweeps "
-            "that train from scratch unless they set init: applied to a pretrained start it is an extrapolation to "
-            "another regime (sweep small pretrained checkpoints to fit a law for this start; README, 'Pretrained "
-            "starts')")
+    sweep = "small pretrained checkpoints" if init.pretrained else "from scratch"
+    advice = (f"applied here it is an extrapolation to another regime (sweep {sweep} to fit a law for this start; "
+              "README, 'Pretrained starts')")
+    if law.init is None:
+        if not init.pretrained:
+            return None
+        return (f"weights: this launch starts {_regime(init.towers)}, but the peak LR comes from {law_name}, which "
+                f"does not record whether its LR sweeps started pretrained (usually from scratch): {advice}")
+    if law.init == init.towers:
+        return None
+    return (f"weights: this launch starts {_regime(init.towers)}, but the peak LR comes from {law_name}, fitted on "
+            f"LR sweeps that started {_regime(law.init)}: {advice}")
 
 
 def check_launch_checkpoints(config: TrainConfig) -> None:
@@ -192,8 +206,8 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     (of one node's GPUs otherwise), so it divides over the ranks. ``init``: :class:`InitConfig`
     fields (``lm``, ``vit`` checkpoint directories, ``freeze_lm``, ``freeze_vit``): the checkpoints
     are checked here (:func:`check_launch_checkpoints`: shapes, tokenizer, every tensor's name and
-    shape in the safetensors headers), the recipe records them in ``weights`` and notes that the
-    law was fitted on from-scratch sweeps.
+    shape in the safetensors headers), the recipe records them in ``weights`` and notes when the
+    law's sweeps started otherwise (:func:`law_init_note`).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
@@ -212,9 +226,8 @@ def prepare_launch(size: str, *, fit: str | Path | None = None, reference: str |
     # a batch from the batch law divides over the ranks known now (one node's unless --nodes is given)
     ranks = int(plan_fields.get("nodes") or 1) * int(plan_fields.get("gpus_per_node") or PlanConfig.gpus_per_node)
     rec = recipe_for(size, law, recipe, tokens=tokens, weight_decay_rule=weight_decay_rule, batch_multiple=ranks)
-    if init_config.pretrained:
-        rec = dataclasses.replace(rec, weights=init_config.origin(),
-                                  notes=(*rec.notes, pretrained_law_note(law, init_config)))
+    note = law_init_note(law, init_config)
+    rec = dataclasses.replace(rec, weights=init_config.origin(), notes=(*rec.notes, *([note] if note else [])))
     plan_config = from_dict(PlanConfig, {"size": size, "batch_size": rec.batch_size, "seq_len": rec.seq_len,
                                          "max_images": rec.max_images, "steps": rec.steps, "z_loss": rec.z_loss,
                                          **plan_fields}, "plan")

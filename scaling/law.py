@@ -174,7 +174,10 @@ class FitResult:
     failed, ``bootstrap_ci95`` the coefficients' 95% percentile intervals. ``batch_law`` is the
     fitted :class:`BatchLaw` (None when the batch was not swept or could not be fitted: see
     ``warnings``). ``schedule`` and ``seq_len`` are the sweep's where the runs record a single
-    value (a law is valid for the schedule it was swept with).
+    value (a law is valid for the schedule it was swept with). ``init``: the towers the sweep's
+    runs started from checkpoints (``none`` = all from scratch, ``lm``, ``vit``, ``lm+vit``;
+    :attr:`mm1model.train_config.InitConfig.towers`), None where not recorded (a runs table
+    without the column; MM1's law, whose paper does not say).
     """
 
     coefficients: dict[str, float]
@@ -205,6 +208,7 @@ class FitResult:
     bootstrap_ci95: dict[str, list[float]] = field(default_factory=dict)
     schedule: str | None = None
     seq_len: int | None = None
+    init: str | None = None
     # lambda / peak LR of every run of the sweep (None: not recorded or not one value); with each
     # optimum's steps it gives the sweep's weight-decay timescale (scaling.recipe.sweep_timescale)
     weight_decay_ratio: float | None = None

@@ -8,7 +8,9 @@ per token, NaN when the run diverged or failed; a diverged run ranks worse than 
 seq_len`` tokens, D), also for a run that diverged or failed before it: a row belongs to the
 curve of its (size, batch_size, steps). ``schedule`` is the run's LR schedule (``cosine``,
 ``wsd``): a law holds for the schedule it was swept with. ``weight_decay`` is the run's decoupled
-lambda (the recipe's timescale rule reads the sweep's lambda / lr from it).
+lambda (the recipe's timescale rule reads the sweep's lambda / lr from it). ``init`` names the
+towers the run started from checkpoints (``none``, ``lm``, ``vit``, ``lm+vit``:
+:attr:`mm1model.train_config.InitConfig.towers`): a law holds for the regime it was swept in.
 
 One reader, :func:`run_row`, turns a trainer run directory (``config.json`` + ``result.json``,
 as :mod:`mm1model.train` writes it) into a row. :func:`collect_runs` uses it for the cells of a
@@ -36,12 +38,12 @@ import pandas as pd
 
 from mm1model import records
 from mm1model.config import ConfigError
-from mm1model.train_config import decoupled_weight_decay
+from mm1model.train_config import InitConfig, decoupled_weight_decay
 from scaling.cells import (DAMAGED_DIR, FINAL, CellName, CellState, DamagedRecord, cell_state, parse_cell_name,
                            read_attempts, read_record, read_result)
 
 RUN_COLUMNS = ("size", "params", "tokens", "batch_size", "lr", "seed", "loss", "status", "steps",
-               "wall_s", "path", "parametrization", "seq_len", "schedule", "weight_decay")
+               "wall_s", "path", "parametrization", "seq_len", "schedule", "weight_decay", "init")
 SETTLED = ("ok", "diverged", "failed")
 # What a refusal of mixed parametrizations suggests instead.
 SIDE_BY_SIDE = "(`scaling compare` sets them side by side)"
@@ -181,6 +183,7 @@ def run_row(run_dir: str | Path, config: Mapping[str, Any] | None = None,
         "seq_len": int(seq_len) if seq_len else None,
         "schedule": (config.get("optimizer") or {}).get("schedule", result.get("schedule")),
         "weight_decay": _weight_decay(config, result.get("lr", config.get("lr"))),
+        "init": InitConfig(lm=(config.get("init") or {}).get("lm"), vit=(config.get("init") or {}).get("vit")).towers,
         # The trainer records every count in config.json; --n-convention total reads this one.
         "params_lm_total": (config.get("param_counts") or {}).get("params_lm_total"),
     }

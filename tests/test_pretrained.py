@@ -16,6 +16,7 @@ import re
 import shutil
 from dataclasses import replace as dataclass_replace
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,6 +32,9 @@ from mm1model.pretrained import llama_sources, load_pretrained, read_llama
 from mm1model.shard_loading import MEAN_CHUNK_ROWS, LoadReport, SafetensorsCheckpoint, load_sources
 from mm1model.train import build_model, resolve, train
 from mm1model.train_config import InitConfig, TrainConfig, model_config
+from scaling.fit import fit_runs
+from scaling.law import FitResult
+from scaling.runs import run_row
 
 from test_train import corpus, run_on_loopback, small  # noqa: F401 (corpus is a fixture)
 
@@ -158,6 +162,7 @@ def test_training_from_the_loaded_weights_starts_at_their_loss_and_freezing_keep
     assert abs(first["loss"] - math.log(EMBEDDING_ROWS + 3)) > 1.0  # not a random init's ln(vocab)
     recorded = records.read_json(run_dir / "config.json")
     assert recorded["init"] == {**init, "freeze_lm": False} and recorded["data"]["tokenizer"] == init["lm"]
+    assert run_row(run_dir)["init"] == "lm+vit"  # the runs table's column, which a fit records as its init
     from mm1model.export import load_trained_model
 
     after, _ = load_trained_model(run_dir)  # step 2: two updates
@@ -400,6 +405,21 @@ def test_freezing_leaves_a_tower_out_of_the_optimizer(hf):
         assert "\n" not in str(err.value)
 
 
+def test_a_fit_records_its_sweeps_start_and_refuses_a_mix():
+    """fit.json's init: the one value of the runs' init column (None without it); a mix is one line."""
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3]
+    runs = pd.DataFrame({"params": [1e6] * 4 + [1e7] * 4, "lr": lrs * 2, "init": "lm",
+                         "loss": [3.0 + (math.log(lr) - math.log(4e-3)) ** 2 for lr in lrs]
+                         + [2.5 + (math.log(lr) - math.log(2e-3)) ** 2 for lr in lrs]})
+    fit = fit_runs(runs)
+    assert fit.init == "lm" and FitResult.from_json(fit.to_json()).init == "lm"
+    assert fit_runs(runs.drop(columns="init")).init is None
+    with pytest.raises(ConfigError, match=r"^runs mix pretrained starts \(init lm, none\): a law holds for the regime "
+                                          r"it was swept in \(from scratch, or from pretrained towers\); fit each "
+                                          r"separately$"):
+        fit_runs(runs.assign(init=["lm"] * 7 + ["none"]))
+
+
 def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf, corpus, tmp_path):  # noqa: F811
     from click.testing import CliRunner
 
@@ -413,11 +433,32 @@ def test_launch_records_the_weights_and_says_the_law_was_fitted_from_scratch(hf,
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["weights"] == {"lm": lm, "vit": vit, "connector": "random"} == summary["recipe"]["weights"]
-    assert any(n.startswith("weights: the lm and vit start pretrained, but the peak LR comes from MM1's published law")
-               for n in summary["recipe"]["notes"])
+    assert [n for n in summary["recipe"]["notes"] if n.startswith("weights:")] == [
+        "weights: this launch starts from a pretrained lm and vit, but the peak LR comes from MM1's published law, "
+        "which does not record whether its LR sweeps started pretrained (usually from scratch): applied here it is an "
+        "extrapolation to another regime (sweep small pretrained checkpoints to fit a law for this start; README, "
+        "'Pretrained starts')"]
     text = CliRunner().invoke(main, [*args, "--init-lm", lm, "--dry-run"]).stdout
     assert f"weights    lm {lm}, vit random, connector random" in text
-    assert "weights    lm random, vit random, connector random" in CliRunner().invoke(main, [*args, "--dry-run"]).stdout
+    scratch = CliRunner().invoke(main, [*args, "--dry-run"]).stdout
+    assert "weights    lm random, vit random, connector random" in scratch and "note       weights:" not in scratch
+    # a fitted law records its sweeps' start (fit.json's init): the launch notes a mismatch, either way, and only then
+    fit_args = [a if a != "--reference" else "--fit" for a in args]
+    for law_init, launch_init, note in (("none", ["--init-lm", lm], "starts from a pretrained lm, but the peak LR "
+                                         "comes from a `scaling fit` law, fitted on LR sweeps that started from scratch"),
+                                        ("lm", ["--init-lm", lm], None),
+                                        ("lm", [], "starts from scratch, but the peak LR comes from a `scaling fit` law, "
+                                         "fitted on LR sweeps that started from a pretrained lm"),
+                                        ("none", [], None)):
+        FitResult(coefficients={"intercept": -0.5535, "ln_params": -0.4214}, init=law_init).save(tmp_path / "fit.json")
+        law_args = [str(tmp_path / "fit.json") if a == "mm1" else a for a in fit_args]
+        out = CliRunner().invoke(main, [*law_args, *launch_init, "--dry-run", "--json"])
+        assert out.exit_code == 0, out.output
+        notes = [n for n in json.loads(out.stdout)["recipe"]["notes"] if n.startswith("weights:")]
+        sweep = "small pretrained checkpoints" if launch_init else "from scratch"
+        assert notes == ([] if note is None else [
+            f"weights: this launch {note}: applied here it is an extrapolation to another regime (sweep {sweep} to fit "
+            "a law for this start; README, 'Pretrained starts')"])
     # the safetensors headers are checked against the name maps too (no tensor data read)
     weights = load_file(hf["root"] / "mha" / "model.safetensors")
     for name, change in (("missing", lambda w: w.pop("model.layers.1.mlp.down_proj.weight")),
