@@ -170,7 +170,8 @@ def read_llama(path: str | Path, where: str = "init.lm") -> PretrainedLM:
                                                       ("pad_token_id", pad))
                if value is not None and not 0 <= value < rows]
     if outside:
-        raise ConfigError(f"{where} {path}: config.json's {', '.join(outside)} is not a row of its {rows} embedding rows")
+        raise ConfigError(f"{where} {path}: config.json's {', '.join(outside)} is not a row of its {rows} "
+                          "embedding rows")
     return PretrainedLM(path=Path(path), d_model=d_model, n_layers=required(cfg, "num_hidden_layers", where, path),
                         n_heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
                         ffn_dim=required(cfg, "intermediate_size", where, path), embedding_rows=rows,

@@ -294,7 +294,8 @@ for name, config, reference, out in json.loads(sys.argv[1]):
     loss.backward()
     result = {"fsdp": fsdp, "rss_growth": growth, "bytes_read": report.bytes_read,
               "largest_read": report.largest_read_bytes, "checkpoint_bytes": report.checkpoint_bytes,
-              "local_param_bytes": sum((p.to_local() if fsdp else p).numel() * p.element_size() for p in params.values()),
+              "local_param_bytes": sum((p.to_local() if fsdp else p).numel() * p.element_size()
+                                       for p in params.values()),
               "names": sorted(params) == sorted(expected),
               "mismatched": [n for n, p in params.items() if not torch.equal(full(p), expected.get(n, p.new_zeros(0)))],
               "tied": model.lm.output.weight is model.lm.tok_embeddings.weight,
@@ -347,8 +348,9 @@ def test_two_fsdp2_ranks_build_the_trainers_model_from_their_rows_only(hf, deep,
                   tmp_path / f"{name}.safetensors")
         loss = model(ids, labels=ids).loss
         loss.backward()
-        expected[name] = {"loss": loss.item(), "full": sum(p.numel() * p.element_size() for p in model.parameters()),
-                          "grads": {unwrapped_name(n): p.grad for n, p in model.named_parameters() if p.grad is not None}}
+        grads = {unwrapped_name(n): p.grad for n, p in model.named_parameters() if p.grad is not None}
+        expected[name] = {"loss": loss.item(), "grads": grads,
+                          "full": sum(p.numel() * p.element_size() for p in model.parameters())}
         runs.append([name, to_dict(config), str(tmp_path / f"{name}.safetensors"), str(tmp_path / f"{name}.grads")])
         del model
     proc = run_on_loopback(2, ["-c", SHARDED_BUILD, json.dumps(runs), str(tmp_path / "r")])

@@ -76,7 +76,8 @@ def checkpoint_tokenizer(checkpoint: str | Path) -> CorpusTokenizer:
         raise ConfigError(f"init.lm {checkpoint}: {TOKENIZER_FILE} has {tokens} tokens, more than the checkpoint's "
                           f"{pretrained.embedding_rows} embedding rows: the tokenizer is not this model's")
     ids = {"eos_token_id": pretrained.eos_id, "bos_token_id": pretrained.bos_id}
-    missing = [f"{name} {value}" for name, value in ids.items() if value is not None and tokenizer.id_to_token(value) is None]
+    missing = [f"{name} {value}" for name, value in ids.items()
+               if value is not None and tokenizer.id_to_token(value) is None]
     if missing:
         named = ", ".join(f"{name} {value} -> {tokenizer.id_to_token(value)!r}" for name, value in ids.items()
                           if value is not None)
