@@ -191,7 +191,7 @@ PRETRAINED_LM = {
 LM_WITHOUT_CHECKPOINT = {
     "3B": "Llama-3.2-3B (d 3072, ffn 8192) uses llama3 RoPE scaling, which the LM does not compute",
 }
-_PRETRAINED_VIT = {  # (width, n_layers, patch_size, image_size) -> a CLIP checkpoint of that shape
+PRETRAINED_VIT = {  # (width, n_layers, patch_size, image_size) -> a CLIP checkpoint of that shape
     (1024, 24, 14, 336): PublicCheckpoint("openai/clip-vit-large-patch14-336", "QuickGELU"),
     (1280, 32, 14, 378): PublicCheckpoint(
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "GELU; apple/DFN5B-CLIP-ViT-H-14-378 (MM1's own encoder) holds no "
@@ -206,7 +206,7 @@ def pretrained_starts(name: str) -> dict[str, str]:
     from, exact or with the overrides it needs (:class:`PublicCheckpoint`), or that there is none."""
     vit = get_size(name).vit
     lm = PRETRAINED_LM.get(name)
-    vit_start = _PRETRAINED_VIT.get((vit.width, vit.n_layers, vit.patch_size, vit.image_size))
+    vit_start = PRETRAINED_VIT.get((vit.width, vit.n_layers, vit.patch_size, vit.image_size))
     if lm is not None:
         lm_text = lm.describe(name)
     elif name in LM_WITHOUT_CHECKPOINT:

@@ -512,7 +512,7 @@ def test_the_size_table_says_which_checkpoints_fit_exactly_and_which_need_overri
     names it fits the size; `scaling launch` (no overrides) takes the exact ones and refuses the
     others in one line naming the first differing dimension. Each CLIP fits its sizes' ViT."""
     from mm1model.pretrained import check_lm_shape, check_vit_shape, read_clip
-    from mm1model.sizes import PRETRAINED_LM, _PRETRAINED_VIT, get_size, pretrained_starts, size_names, size_table
+    from mm1model.sizes import PRETRAINED_LM, PRETRAINED_VIT, get_size, pretrained_starts, size_names, size_table
     from scaling.launch import check_launch_checkpoints
 
     assert set(PUBLISHED_LM) == {entry.repo for entry in PRETRAINED_LM.values()}
@@ -540,7 +540,7 @@ def test_the_size_table_says_which_checkpoints_fit_exactly_and_which_need_overri
     assert pretrained_starts("30B")["lm"].startswith("huggyllama/llama-30b, needs model.lm n_layers 60 (N 32.1B)")
     assert pretrained_starts("3B")["lm"].startswith("none: Llama-3.2-3B")
 
-    assert set(PUBLISHED_VIT) == {entry.repo for entry in _PRETRAINED_VIT.values()}
+    assert set(PUBLISHED_VIT) == {entry.repo for entry in PRETRAINED_VIT.values()}
     for repo, vision in PUBLISHED_VIT.items():
         path = tmp_path / repo.replace("/", "--")
         path.mkdir()
