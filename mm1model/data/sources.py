@@ -21,9 +21,12 @@ The mixture weights stay ``DataConfig.mixture`` (per kind; a kind with weight 0 
 files). The tokenizer is the prepared corpus's (``DataConfig.corpus``, else the bundled one): its
 special tokens are the model's. Everything else (sharding, shuffling, the validation split by
 record key, exact resumption, loader workers) is as for the bundled corpus. A path that matches
-nothing, a file of a format its kind does not take, a Parquet file without ``texts`` / ``images``
-and a kind with weight but no records are each a :class:`~mm1model.config.ConfigError` of one
-line, raised when the stream is built, before any training.
+nothing, a file of a format its kind does not take, a Parquet file without ``texts`` / ``images``,
+a JSONL file whose first record lacks the kind's field (``text``; ``texts`` and ``images``) and a
+kind with weight but no records are each a :class:`~mm1model.config.ConfigError` of one line,
+raised when the stream is built, before any training. The layout check reads the first file of
+each format of a kind (``reader.check``), not every file: a later Parquet file without the columns
+is the same one line when the stream reaches it.
 """
 from __future__ import annotations
 
