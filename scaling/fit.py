@@ -36,7 +36,7 @@ from scaling.runs import read_runs_dir, read_runs_file, single_parametrization
 
 REQUIRED_COLUMNS = ("params", "lr", "loss")
 OPTIONAL_COLUMNS = ("size", "tokens", "batch_size", "seq_len", "batch_tokens", "schedule", "seed", "status", "steps",
-                    "wall_s", "path", "parametrization")
+                    "wall_s", "path", "parametrization", "init")
 
 
 # --------------------------------------------------------------------------- reading runs

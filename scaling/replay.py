@@ -16,9 +16,8 @@ shape is not this cell's), or a seed not recorded at that LR (wrapping seeds aro
 duplicate runs and understate the seed noise). So any design or strategy (a fixed grid,
 :mod:`scaling.adaptive`) can be scored on real losses.
 
-A table without the asked size is one ConfigError line before anything is written
-(:func:`check_replay_sizes`); :func:`check_replay_plan` also checks a plan's batch sizes, step
-counts and seeds up front.
+A table without the asked size, batch size, step count or seeds is one ConfigError line before
+anything is written (:func:`check_replay_plan`, which :func:`scaling.sweep.run_sweep` calls).
 """
 from __future__ import annotations
 
@@ -181,11 +180,6 @@ def _number(value: Any) -> float | None:
 def replay_executor(executor: str, delay_s: float = 0.0) -> ReplayExecutor:
     """The executor of ``replay:RUNS.csv``."""
     return ReplayExecutor(ReplayTable(replay_table_path(executor)), delay_s)
-
-
-def check_replay_sizes(executor: str, sizes: Sequence[str]) -> None:
-    """ConfigError (one line) when the replay table of ``executor`` lacks one of ``sizes``."""
-    ReplayTable(replay_table_path(executor)).check_sizes(list(sizes))
 
 
 def check_replay_plan(plan: SweepPlan) -> None:

@@ -53,7 +53,7 @@ from mm1model.config import ConfigError, to_dict
 from mm1model.train_config import TrainConfig
 from scaling import cells
 from scaling.executors import check_slurm, is_replay, job_failure, make_executor
-from scaling.replay import check_replay_sizes, replay_executor
+from scaling.replay import check_replay_plan, replay_executor
 from scaling import adaptive
 from scaling.workers import WorkerPool
 from scaling.launch import format_status as format_launch_status, launch_status
@@ -286,7 +286,7 @@ def run_sweep(config: SweepConfig | SweepPlan, *, wait: bool = True, progress: b
     if plan.config.executor == "slurm":
         check_slurm()
     if is_replay(plan.config.executor):
-        check_replay_sizes(plan.config.executor, [sp.size for sp in plan.sizes])
+        check_replay_plan(plan)  # sizes, batch sizes, step counts and seeds the table records
     parameters = executor_parameters(plan)  # bad resources fail here, before anything is written
     if keep_checkpoints is None:
         keep_checkpoints = plan.config.keep_checkpoints

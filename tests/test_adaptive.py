@@ -22,7 +22,7 @@ from mm1model.paper import mm1_peak_lr
 from scaling import adaptive
 from scaling.cli import main
 from scaling.fit import fit_runs, read_runs
-from scaling.replay import check_replay_plan
+from scaling.replay import ReplayTable, check_replay_plan
 from scaling.runs import collect_runs
 from scaling.sweep import run_sweeps
 from scaling.sweep_plan import load_sweep_config, plan_sweep
@@ -115,8 +115,9 @@ def test_replay_answers_each_cell_with_the_nearest_recorded_run(tmp_path):
 
 def test_replay_answers_no_cell_of_an_unrecorded_seed_or_shape(tmp_path):
     """The table records 2 seeds, batch 8 and 150 steps: a third seed, another batch size or
-    another step count is not answered by a recorded run of another seed or shape. Each such
-    cell fails with one line (and nothing else does); the plan check says it before a cell runs."""
+    another step count is not answered by a recorded run of another seed or shape. The sweep
+    refuses such a plan in one line before anything is written; a cell asked directly (an
+    adaptive round's new LR goes the same way) gets the table's one-line reason."""
     lr = float(read_runs([DENSE]).query("size == 'w32'")["lr"].iloc[0])
 
     def sweep(name, **flags):
@@ -124,16 +125,19 @@ def test_replay_answers_no_cell_of_an_unrecorded_seed_or_shape(tmp_path):
                           flags={"sizes": ("w32",), "lrs": (lr,), "executor": f"replay:{DENSE}",
                                  "out": str(tmp_path / name), "max_retries": 0, **flags})
 
-    seeds = sweep("seeds", seeds=3)
-    assert [p.name for p in seeds.gave_up] == ["lr=1.97e-03_seed=2"]
-    assert seeds.failure.endswith("replay: seed 2 is not recorded at w32 lr 0.00197 (it records seed(s) 0, 1): "
-                                  "no recorded run answers it)")
-    steps = sweep("steps", steps=300)
-    assert len(steps.gave_up) == 2 and steps.failure.endswith(
-        "replay: replay table records no w32 run at steps 300 (it records 150))")
-    batch = sweep("batch", batch_sizes=(16,))
-    assert len(batch.gave_up) == 2 and batch.failure.endswith(
-        "replay: replay table records no w32 run at batch_size 16 (it records 8))")
+    for name, flags, said in (("seeds", {"seeds": 3}, "records seed(s) 0, 1 at lr 0.00197"),
+                              ("steps", {"steps": 300}, "records no w32 run at steps 300; it records 150"),
+                              ("batch", {"batch_sizes": (16,)}, "records no w32 run at batch_size 16; it records 8")):
+        with pytest.raises(ConfigError) as err:
+            sweep(name, **flags)
+        assert str(err.value).endswith(said) and "\n" not in str(err.value)
+        assert not (tmp_path / name).exists()
+    table = ReplayTable(DENSE)
+    assert table.answer("w32", lr, seed=2) == {"error": "seed 2 is not recorded at w32 lr 0.00197 (it records seed(s) "
+                                                        "0, 1): no recorded run answers it"}
+    assert table.answer("w32", lr, seed=0, steps=300) == {
+        "error": "replay table records no w32 run at steps 300 (it records 150)"}
+    assert table.answer("w32", lr, seed=1)["seed"] == 1
 
     def plan(**flags):
         return plan_sweep(load_sweep_config(DENSE_SWEEP, sizes=("w32",), executor=f"replay:{DENSE}", **flags))

@@ -175,7 +175,7 @@ def test_bad_inputs_one_line_each_nothing_written(tmp_path):
     assert _bad(tmp_path, tmp_path / "noloss.csv") == (
         f"error: {tmp_path / 'noloss.csv'} lacks column(s) loss; required: params, lr, loss "
         "(optional: size, tokens, batch_size, seq_len, batch_tokens, schedule, seed, status, steps, wall_s, path, "
-        "parametrization)")
+        "parametrization, init)")
     frame.assign(lr=[1e-3, 0.0, 4e-3] * 2).to_csv(tmp_path / "zero.csv", index=False)
     assert _bad(tmp_path, tmp_path / "zero.csv") == f"error: {tmp_path / 'zero.csv'}: lr must be positive, got 0 (row 2)"
     frame.assign(params=[-1e5] * 3 + [1e6] * 3).to_csv(tmp_path / "neg.csv", index=False)
