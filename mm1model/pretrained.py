@@ -192,13 +192,7 @@ def check_lm_shape(lm: LMConfig, pretrained: PretrainedLM, where: str = "init.lm
              ("ffn_dim", lm.ffn_dim, "intermediate_size", pretrained.ffn_dim),
              ("vocab_size", lm.vocab_size, "vocab_size + 3 image tokens",
               pretrained.embedding_rows + len(ADDED_IMAGE_TOKENS)))
-    for ours, value, theirs, checkpoint in pairs:
-        if value != checkpoint:
-            fix = (f"use the size of the checkpoint's shape or override model.lm.{ours}" if overridable else
-                   f"`scaling launch` takes the size's shape as it is: launch the size of the checkpoint's shape, or "
-                   f"train from a config that overrides model.lm.{ours} (python -m mm1model.train)")
-            raise ConfigError(f"{where} {pretrained.path}: the checkpoint's {theirs} is {checkpoint}, the model's "
-                              f"lm.{ours} {value}{f' (size {size})' if size else ''}: {fix}")
+    _refuse_mismatch("lm", pairs, pretrained.path, where, size, overridable)
 
 
 @dataclass(frozen=True)
@@ -254,13 +248,18 @@ def check_vit_shape(vit: ViTConfig, pretrained: PretrainedViT, where: str = "ini
              ("n_heads", vit.n_heads, "num_attention_heads", pretrained.n_heads),
              ("mlp_dim", vit.mlp_dim, "intermediate_size", pretrained.mlp_dim),
              ("patch_size", vit.patch_size, "patch_size", pretrained.patch_size))
+    _refuse_mismatch("vit", pairs, pretrained.path, where, size, overridable)
+
+
+def _refuse_mismatch(tower: str, pairs: tuple, path: Path, where: str, size: str, overridable: bool) -> None:
+    """The first (ours, value, theirs, checkpoint) pair whose values differ, as one ConfigError line."""
     for ours, value, theirs, checkpoint in pairs:
         if value != checkpoint:
-            fix = (f"use the size of the checkpoint's shape or override model.vit.{ours}" if overridable else
+            fix = (f"use the size of the checkpoint's shape or override model.{tower}.{ours}" if overridable else
                    f"`scaling launch` takes the size's shape as it is: launch the size of the checkpoint's shape, or "
-                   f"train from a config that overrides model.vit.{ours} (python -m mm1model.train)")
-            raise ConfigError(f"{where} {pretrained.path}: the checkpoint's {theirs} is {checkpoint}, the model's "
-                              f"vit.{ours} {value}{f' (size {size})' if size else ''}: {fix}")
+                   f"train from a config that overrides model.{tower}.{ours} (python -m mm1model.train)")
+            raise ConfigError(f"{where} {path}: the checkpoint's {theirs} is {checkpoint}, the model's "
+                              f"{tower}.{ours} {value}{f' (size {size})' if size else ''}: {fix}")
 
 
 # ----------------------------------------------------------------------------------------------
