@@ -46,7 +46,7 @@ figures: setup
 
 # The two roads to a large model's LR side by side: the coordinate checks gate the
 # parametrizations, then sweeps/transfer.toml's four arms (4 paired seeds per size), then
-# `transfer-compare`. 236 cells (224 and the edge extensions): about 40 minutes on 2 quiet cores.
+# `transfer-compare`. 224 cells and the edge extensions (232 measured): about 30 minutes on 2 quiet cores.
 transfer: corpus
 	$(BIN)/scaling coord-check --sizes w32,w64,w128,w256 --parametrization mup --out $(TRANSFER)/coord/mup-width
 	$(BIN)/scaling coord-check --sizes d2,d4,d8 --parametrization completep --out $(TRANSFER)/coord/completep-depth
